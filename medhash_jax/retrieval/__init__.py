@@ -1,0 +1,28 @@
+"""Binary-code retrieval: packing, exact Hamming top-k kernels, HammingIndex.
+
+Public API (other tools call it; keep it stable):
+  pack_codes(codes) -> uint32 (n, ceil(K/32))
+  unpack_codes(packed, num_bits) -> int8 (n, K) in {-1, +1}
+  hamming_topk(query_packed, db_packed, k, *, backend="auto")
+      -> (distances int32 (Q, k), indices int32 (Q, k)), sorted by (d, index)
+  hamming_histogram(query_packed, db_packed) -> int32 (Q, 32W + 1)
+  hamming_distances(query_packed, db_packed) -> int32 (Q, N)
+  HammingIndex(num_bits): add / search / range_search / save / load / faiss
+"""
+
+from medhash_jax.retrieval.index import HammingIndex
+from medhash_jax.retrieval.packing import pack_codes
+from medhash_jax.retrieval.packing import unpack_codes
+from medhash_jax.retrieval.topk import BACKENDS
+from medhash_jax.retrieval.topk import cpu_kernel_available
+from medhash_jax.retrieval.topk import hamming_distances
+from medhash_jax.retrieval.topk import hamming_histogram
+from medhash_jax.retrieval.topk import hamming_topk
+from medhash_jax.retrieval.topk import merge_topk
+from medhash_jax.retrieval.topk import resolve_backend
+
+__all__ = [
+    "BACKENDS", "HammingIndex", "cpu_kernel_available", "hamming_distances",
+    "hamming_histogram", "hamming_topk", "merge_topk", "pack_codes",
+    "resolve_backend", "unpack_codes",
+]
