@@ -8,11 +8,16 @@ Public API (other tools call it; keep it stable):
   hamming_histogram(query_packed, db_packed) -> int32 (Q, 32W + 1)
   hamming_distances(query_packed, db_packed) -> int32 (Q, N)
   HammingIndex(num_bits): add / search / range_search / save / load / faiss
+  sharded_topk(query_packed, db_sharded, k, *, num_valid, mesh)
+      -> the same answer as hamming_topk, database split over devices
 """
 
 from medhash_jax.retrieval.index import HammingIndex
 from medhash_jax.retrieval.packing import pack_codes
 from medhash_jax.retrieval.packing import unpack_codes
+from medhash_jax.retrieval.sharded import database_mesh
+from medhash_jax.retrieval.sharded import shard_database
+from medhash_jax.retrieval.sharded import sharded_topk
 from medhash_jax.retrieval.topk import BACKENDS
 from medhash_jax.retrieval.topk import cpu_kernel_available
 from medhash_jax.retrieval.topk import hamming_distances
@@ -22,7 +27,7 @@ from medhash_jax.retrieval.topk import merge_topk
 from medhash_jax.retrieval.topk import resolve_backend
 
 __all__ = [
-    "BACKENDS", "HammingIndex", "cpu_kernel_available", "hamming_distances",
+    "BACKENDS", "HammingIndex", "cpu_kernel_available", "database_mesh", "hamming_distances",
     "hamming_histogram", "hamming_topk", "merge_topk", "pack_codes",
-    "resolve_backend", "unpack_codes",
+    "resolve_backend", "shard_database", "sharded_topk", "unpack_codes",
 ]
