@@ -1,0 +1,149 @@
+"""Mask-and-crop: the local view of the attention (ATH) two-branch models.
+
+Given an image and its binary attention mask (made by the Grad-CAM + Otsu
+stage, ``medhash_jax.cam``), the local view is
+
+    local = resize((image ⊙ mask)[y0 - my : y1 + my, x0 - mx : x1 + mx], size)
+
+where [y0, y1) x [x0, x1) is the bounding box of the largest 8-connected
+component of the mask and (my, mx) = round(margin * (H, W)), the box clipped to
+the image. An empty mask falls back to the full, unmasked image; the caller
+counts those (the pipeline reports a per-example ``local_fallback`` flag).
+
+Mask files: ``<mask_dir>/<mask_key(id)>.png`` (nonzero = foreground) or
+``.npy`` (values > ``threshold``), at the native resolution of the image. A
+mask whose shape differs from its image is a bad record (the error names the
+mask file and the image's row), unless ``resize_masks`` allows nearest-neighbour
+resizing (e.g. the COVID-19 Radiography lung masks are 256x256 for 299x299
+images).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from medhash_jax.data.records import BadRecordError
+
+_EIGHT = np.ones((3, 3), bool)
+
+
+def mask_key(record_id: str) -> str:
+  """File stem for a record id (ids may contain '/', e.g. 'COVID/COVID-1.png')."""
+  stem = os.path.splitext(record_id)[0]
+  return stem.replace("/", "__").replace("\\", "__")
+
+
+def mask_path(mask_dir: str, record_id: str) -> str | None:
+  """The existing mask file of a record, or None."""
+  stem = os.path.join(mask_dir, mask_key(record_id))
+  for ext in (".png", ".npy"):
+    if os.path.isfile(stem + ext):
+      return stem + ext
+  return None
+
+
+def save_mask(mask_dir: str, record_id: str, mask: np.ndarray) -> str:
+  """Writes a binary mask as PNG (used by the CAM stage and the tests)."""
+  os.makedirs(mask_dir, exist_ok=True)
+  p = os.path.join(mask_dir, mask_key(record_id) + ".png")
+  Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).save(p)
+  return p
+
+
+def load_mask(path: str, *, threshold: float = 0.0, row=None) -> np.ndarray:
+  """Reads a mask file as bool (H, W)."""
+  try:
+    if path.endswith(".npy"):
+      m = np.load(path)
+    else:
+      with Image.open(path) as img:
+        m = np.asarray(img.convert("L"))
+  except (OSError, ValueError) as e:
+    raise BadRecordError(f"cannot read mask ({e})", file=path, row=row) from e
+  if m.ndim == 3 and m.shape[-1] == 1:
+    m = m[..., 0]
+  if m.ndim != 2:
+    raise BadRecordError(f"mask has shape {m.shape}, expected (H, W)",
+                         file=path, row=row)
+  return m > threshold
+
+
+def largest_component_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+  """(y0, y1, x0, x1), half-open, of the largest 8-connected component.
+
+  Ties between equally large components go to the lowest label (first in
+  raster order). None for an empty mask.
+  """
+  lab, n = ndimage.label(mask, structure=_EIGHT)
+  if n == 0:
+    return None
+  sizes = np.bincount(lab.ravel())[1:]
+  k = int(np.argmax(sizes)) + 1
+  ys, xs = np.nonzero(lab == k)
+  return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+
+def crop_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int] | None:
+  """Largest-component bbox grown by ``margin`` * (H, W), clipped."""
+  bb = largest_component_bbox(mask)
+  if bb is None:
+    return None
+  h, w = mask.shape
+  my, mx = int(round(margin * h)), int(round(margin * w))
+  y0, y1, x0, x1 = bb
+  return max(0, y0 - my), min(h, y1 + my), max(0, x0 - mx), min(w, x1 + mx)
+
+
+def mask_and_crop(image: np.ndarray, mask: np.ndarray, *, margin: float = 0.05
+                  ) -> tuple[np.ndarray, bool]:
+  """Returns (local view uint8 (h', w', C) before resizing, fell_back).
+
+  Args:
+    image: uint8 (H, W, C).
+    mask: bool (H, W), same H, W as the image.
+    margin: relative margin added on every side of the bounding box.
+  """
+  if mask.shape != image.shape[:2]:
+    raise ValueError(f"mask shape {mask.shape} != image shape {image.shape[:2]}")
+  box = crop_box(mask, margin)
+  if box is None:
+    return image, True
+  y0, y1, x0, x1 = box
+  local = image[y0:y1, x0:x1] * mask[y0:y1, x0:x1, None].astype(image.dtype)
+  return local, False
+
+
+class MaskStore:
+  """Finds, loads and checks the mask of a record (picklable for workers)."""
+
+  def __init__(self, mask_dir: str, *, threshold: float = 0.0,
+               resize_masks: bool = False, margin: float = 0.05):
+    if not os.path.isdir(mask_dir):
+      raise FileNotFoundError(f"data.mask_dir={mask_dir} is not a folder.")
+    self.mask_dir = mask_dir
+    self.threshold = threshold
+    self.resize_masks = resize_masks
+    self.margin = margin
+
+  def local_view(self, image: np.ndarray, record_id: str, *, image_file=None,
+                 row=None) -> tuple[np.ndarray, bool]:
+    """(local uint8 view, fell_back) for one record; raises BadRecordError."""
+    p = mask_path(self.mask_dir, record_id)
+    where = f"mask of {image_file or record_id}" + (f" ({row})" if row else "")
+    if p is None:
+      raise BadRecordError(
+          f"no mask {mask_key(record_id)}.png/.npy for this record",
+          file=self.mask_dir, row=where)
+    m = load_mask(p, threshold=self.threshold, row=where)
+    if m.shape != image.shape[:2]:
+      if not self.resize_masks:
+        raise BadRecordError(
+            f"mask shape {m.shape} does not match image shape {image.shape[:2]}"
+            " (set data.resize_masks=True to resize masks)", file=p, row=where)
+      m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(
+          (image.shape[1], image.shape[0]), Image.Resampling.NEAREST)) > 0
+    return mask_and_crop(image, m, margin=self.margin)

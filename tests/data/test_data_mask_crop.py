@@ -1,0 +1,89 @@
+"""Mask-and-crop geometry against hand computation and skimage's labelling."""
+
+import numpy as np
+import pytest
+from skimage import measure
+
+from medhash_jax.data import mask_crop
+from medhash_jax.data.records import BadRecordError
+
+
+def _reference_box(mask, margin):
+  """Independent reference: skimage.measure.label (8-connectivity)."""
+  lab = measure.label(mask, connectivity=2)
+  if lab.max() == 0:
+    return None
+  sizes = [(lab == k).sum() for k in range(1, lab.max() + 1)]
+  k = int(np.argmax(sizes)) + 1  # first largest in raster order, as ours
+  props = measure.regionprops((lab == k).astype(int))[0]
+  y0, x0, y1, x1 = props.bbox
+  h, w = mask.shape
+  my, mx = round(margin * h), round(margin * w)
+  return max(0, y0 - my), min(h, y1 + my), max(0, x0 - mx), min(w, x1 + mx)
+
+
+def test_hand_computed_example():
+  image = np.arange(40 * 50 * 3, dtype=np.uint8).reshape(40, 50, 3)
+  mask = np.zeros((40, 50), bool)
+  mask[10:20, 5:15] = True          # 100 px, the largest
+  mask[30:33, 40:43] = True         # 9 px
+  mask[11, 6] = False               # a hole does not change the box
+  local, fell_back = mask_crop.mask_and_crop(image, mask, margin=0.1)
+  assert not fell_back
+  # margin: round(0.1 * 40) = 4 rows, round(0.1 * 50) = 5 columns.
+  y0, y1, x0, x1 = 10 - 4, 20 + 4, max(0, 5 - 5), 15 + 5
+  assert local.shape == (y1 - y0, x1 - x0, 3) == (18, 20, 3)
+  expected = image[y0:y1, x0:x1] * mask[y0:y1, x0:x1, None]
+  np.testing.assert_array_equal(local, expected)
+  assert local[11 - y0, 6 - x0].sum() == 0 and local[12 - y0, 7 - x0].sum() > 0
+
+
+def test_diagonal_pixels_are_one_component():
+  mask = np.zeros((10, 10), bool)
+  mask[[2, 3, 4], [2, 3, 4]] = True   # 3 px diagonal: one 8-connected component
+  mask[7:9, 7:9] = True               # 4 px square
+  assert mask_crop.largest_component_bbox(mask) == (7, 9, 7, 9)
+  mask[5, 5] = True
+  mask[6, 6] = True                   # the diagonal now touches the square
+  assert mask_crop.largest_component_bbox(mask) == (2, 9, 2, 9)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_masks_match_skimage(seed):
+  rng = np.random.default_rng(seed)
+  h, w = rng.integers(8, 60, size=2)
+  mask = rng.random((h, w)) < rng.uniform(0.05, 0.5)
+  margin = float(rng.choice([0.0, 0.05, 0.2]))
+  assert mask_crop.crop_box(mask, margin) == _reference_box(mask, margin)
+
+
+def test_empty_mask_falls_back_to_full_image():
+  image = np.full((6, 7, 1), 9, np.uint8)
+  local, fell_back = mask_crop.mask_and_crop(image, np.zeros((6, 7), bool))
+  assert fell_back and local is image
+
+
+def test_mask_store_shape_mismatch_names_mask_and_row(tmp_path):
+  mask_crop.save_mask(str(tmp_path), "COVID/COVID-1.png", np.ones((5, 5)))
+  assert (tmp_path / "COVID__COVID-1.png").is_file()
+  store = mask_crop.MaskStore(str(tmp_path))
+  img = np.zeros((6, 6, 1), np.uint8)
+  with pytest.raises(BadRecordError, match=r"COVID__COVID-1\.png.*line 3 of l\.csv.*"
+                     r"\(5, 5\) does not match image shape \(6, 6\)"):
+    store.local_view(img, "COVID/COVID-1.png", image_file="x.png",
+                     row="line 3 of l.csv")
+  resized = mask_crop.MaskStore(str(tmp_path), resize_masks=True)
+  local, fell_back = resized.local_view(img, "COVID/COVID-1.png")
+  assert not fell_back and local.shape == (6, 6, 1)
+  with pytest.raises(BadRecordError, match="no mask"):
+    store.local_view(img, "other")
+
+
+def test_npy_masks_threshold(tmp_path):
+  m = np.zeros((8, 8), np.float32)
+  m[2:4, 2:6] = 0.9
+  m[6, 6] = 0.3
+  np.save(tmp_path / "a.npy", m)
+  store = mask_crop.MaskStore(str(tmp_path), threshold=0.5, margin=0.0)
+  local, _ = store.local_view(np.ones((8, 8, 3), np.uint8), "a.png")
+  assert local.shape == (2, 4, 3)
