@@ -1,0 +1,13 @@
+"""Reporting: results tables (Markdown + CSV), PR curves and retrieval
+galleries as PNG (PIL only). Grad-CAM overlays live in :mod:`medhash_jax.cam`.
+numpy + PIL only: no jax import, so reports can be re-rendered anywhere.
+"""
+
+from medhash_jax.report.curves import PlotArea, plot_area, plot_pr_curves
+from medhash_jax.report.gallery import GalleryLayout, render_gallery, save_gallery
+from medhash_jax.report.tables import (COLUMNS, format_csv, format_markdown,
+                                       write_tables)
+
+__all__ = ["COLUMNS", "GalleryLayout", "PlotArea", "format_csv",
+           "format_markdown", "plot_area", "plot_pr_curves", "render_gallery",
+           "save_gallery", "write_tables"]
