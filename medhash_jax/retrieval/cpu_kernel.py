@@ -1,0 +1,223 @@
+"""The C++ Hamming top-k / histogram kernels as XLA FFI targets on the CPU.
+
+The kernels live in `csrc/hamming_topk.cc` (see its header comment for the
+algorithm). setup.py compiles them into the extension
+`medhash_jax.retrieval._hamming_cpu`; it is loaded with ctypes (it is a plain
+shared library, not a Python module) and its handlers are registered with
+`jax.ffi.register_ffi_target`. When the extension is missing (an install
+without a compiler, or running from a source checkout that was never built),
+the source is compiled on the fly with the system C++ compiler into
+`~/.cache/medhash_jax/` (or `$MEDHASH_CACHE_DIR`), keyed by a hash of the
+source, the jaxlib version and the flags, and written atomically. When that
+fails too, `available()` is False and one warning is logged; the dispatcher
+then falls back to the reference backend.
+
+Run-time knobs (environment, read on every call): MEDHASH_NUM_THREADS (threads
+over queries; default: CPUs this process may use), MEDHASH_ISA=scalar|avx2|
+avx512 (lower the SIMD level, for tests), MEDHASH_TOPK_METHOD=buffer|twopass.
+"""
+
+import ctypes
+import glob
+import hashlib
+import importlib.machinery
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_SOURCE = os.path.join(_HERE, "csrc", "hamming_topk.cc")
+_EXT_NAME = "_hamming_cpu"
+_TOPK_TARGET = "medhash_hamming_topk"
+_HISTOGRAM_TARGET = "medhash_hamming_histogram"
+# Same flags as setup.py (no -march: the kernel dispatches on CPU features).
+_CXX_FLAGS = ("-O3", "-std=c++17", "-fvisibility=hidden", "-shared", "-fPIC")
+_ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
+
+_lock = threading.Lock()
+
+
+def _built_extension():
+  """Path of the setup.py-built extension next to this module, if any."""
+  for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+    path = os.path.join(_HERE, _EXT_NAME + suffix)
+    if os.path.isfile(path):
+      return path
+  found = sorted(glob.glob(os.path.join(_HERE, _EXT_NAME + "*.so")))
+  return found[0] if found else None
+
+
+def _cache_dir() -> str:
+  if os.environ.get("MEDHASH_CACHE_DIR"):
+    return os.environ["MEDHASH_CACHE_DIR"]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+      os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "medhash_jax")
+
+
+def _compiler():
+  for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  return None
+
+
+def _compile_on_the_fly() -> str:
+  """Compiles the kernel into the user cache; returns the library path."""
+  if not os.path.isfile(_SOURCE):
+    raise RuntimeError(f"kernel source {_SOURCE} is missing")
+  cxx = _compiler()
+  if cxx is None:
+    raise RuntimeError("no C++ compiler found (tried $CXX, c++, g++, clang++)")
+  include = jax.ffi.include_dir()
+  with open(_SOURCE, "rb") as f:
+    source = f.read()
+  key = hashlib.sha256(b"\0".join([
+      source, jaxlib.__version__.encode(), " ".join(_CXX_FLAGS).encode(),
+      cxx.encode()
+  ])).hexdigest()[:16]
+  out_dir = _cache_dir()
+  target = os.path.join(out_dir, f"{_EXT_NAME}-{key}.so")
+  if os.path.isfile(target):
+    return target
+  os.makedirs(out_dir, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{_EXT_NAME}-", suffix=".so",
+                             dir=out_dir)
+  os.close(fd)
+  cmd = [cxx, *_CXX_FLAGS, "-I", include, _SOURCE, "-o", tmp, "-lpthread"]
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          check=False)
+    if proc.returncode != 0:
+      raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, target)  # atomic: concurrent builders never see half
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  logging.info("medhash_jax: compiled the C++ Hamming kernel into %s", target)
+  return target
+
+
+def _load():
+  """Loads the kernel library and registers its FFI targets.
+
+  Returns the ctypes library, or None (with a logged warning) when neither
+  the built extension nor an on-the-fly compile is usable.
+  """
+  errors = []
+  for find in (_built_extension, _compile_on_the_fly):
+    try:
+      path = find()
+      if path is None:
+        continue
+      lib = ctypes.CDLL(path)
+      for symbol in ("MedhashHammingTopk", "MedhashHammingHistogram",
+                     "MedhashHammingIsa", "MedhashHammingNumThreads"):
+        getattr(lib, symbol)
+      break
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(f"{find.__name__}: {e}")
+  else:
+    logging.warning(
+        "medhash_jax: the C++ Hamming kernel is unavailable (%s); the "
+        "reference backend will be used", "; ".join(errors) or "not built")
+    return None
+  jax.ffi.register_ffi_target(
+      _TOPK_TARGET, jax.ffi.pycapsule(lib.MedhashHammingTopk), platform="cpu")
+  jax.ffi.register_ffi_target(
+      _HISTOGRAM_TARGET, jax.ffi.pycapsule(lib.MedhashHammingHistogram),
+      platform="cpu")
+  lib.MedhashHammingIsa.restype = ctypes.c_int
+  lib.MedhashHammingNumThreads.restype = ctypes.c_int
+  return lib
+
+
+_state = {}  # "lib": the loaded library or None once a load was attempted
+
+
+def _library():
+  """The library, loaded (or found unusable, warning once) on first use."""
+  with _lock:
+    if "lib" not in _state:
+      _state["lib"] = _load()
+    return _state["lib"]
+
+
+def available() -> bool:
+  """True when the kernel library is loaded and its FFI targets registered."""
+  return _library() is not None
+
+
+def _require():
+  lib = _library()
+  if lib is None:
+    raise RuntimeError("the C++ Hamming kernel is not available; see the "
+                       "warning logged by medhash_jax.retrieval.cpu_kernel")
+  return lib
+
+
+def isa() -> str:
+  """SIMD level a call would use now: "scalar", "avx2" or "avx512"."""
+  return _ISA_NAMES[_require().MedhashHammingIsa()]
+
+
+def num_threads() -> int:
+  """Threads a call would use now (MEDHASH_NUM_THREADS or CPUs available)."""
+  return int(_require().MedhashHammingNumThreads())
+
+
+def _as_u32(x, name):
+  x = jnp.asarray(x)
+  if x.dtype != jnp.uint32 or x.ndim != 2:
+    raise ValueError(f"{name} must be a uint32 (n, W) array, got {x.dtype} "
+                     f"{tuple(x.shape)}")
+  return x
+
+
+def hamming_topk_cpu(query_packed, db_packed, k: int):
+  """Exact top-k by (Hamming distance, database index); jit-compatible.
+
+  Args:
+    query_packed: uint32 (Q, W) packed codes.
+    db_packed: uint32 (N, W) packed codes, same W.
+    k: static int, 1 <= k <= N (checked by the caller; the kernel errors too).
+
+  Returns:
+    (distances int32 (Q, k), indices int32 (Q, k)), rows sorted ascending by
+    (distance, index).
+  """
+  _require()
+  q = _as_u32(query_packed, "query_packed")
+  db = _as_u32(db_packed, "db_packed")
+  k = int(k)
+  if not 1 <= k <= db.shape[0]:  # shapes are static, even under jit
+    raise ValueError(f"k={k} is out of range: need 1 <= k <= N = "
+                     f"{db.shape[0]} (db_packed shape {tuple(db.shape)})")
+  if q.shape[1] != db.shape[1]:
+    raise ValueError(f"query_packed {tuple(q.shape)} and db_packed "
+                     f"{tuple(db.shape)} have different numbers of words")
+  out = jax.ShapeDtypeStruct((q.shape[0], k), jnp.int32)
+  call = jax.ffi.ffi_call(_TOPK_TARGET, (out, out), vmap_method="sequential")
+  return call(q, db, k=np.int64(k))
+
+
+def hamming_histogram_cpu(query_packed, db_packed):
+  """int32 (Q, 32 W + 1): entry [q, d] = #{database rows at distance d}."""
+  _require()
+  q = _as_u32(query_packed, "query_packed")
+  db = _as_u32(db_packed, "db_packed")
+  if q.shape[1] != db.shape[1]:
+    raise ValueError(f"query_packed {tuple(q.shape)} and db_packed "
+                     f"{tuple(db.shape)} have different numbers of words")
+  out = jax.ShapeDtypeStruct((q.shape[0], 32 * q.shape[1] + 1), jnp.int32)
+  call = jax.ffi.ffi_call(_HISTOGRAM_TARGET, out, vmap_method="sequential")
+  return call(q, db)
