@@ -1,0 +1,73 @@
+"""Joint losses of the seed systems: SA-Hash and ATH."""
+
+from medhash_jax.losses import common
+from medhash_jax.losses import pairwise
+from medhash_jax.losses import quantization as quant_lib
+
+
+def _classification(logits, labels, multi_label):
+  return (common.sigmoid_xent(logits, labels) if multi_label
+          else common.softmax_xent(logits, labels))
+
+
+def sa_hash(*, codes, labels, logits=None, margin=None,
+            regularization_weight: float = 0.01,
+            classification_weight: float = 1.0, multi_label: bool = False):
+  """SA-Hash (seed 003): Guan et al., "A deep hash retrieval for large-scale
+  chest radiography images", J. Image and Graphics 2023.
+
+    D_ij = ||u_i - u_j||^2
+    L_con = mean_P [1/2 S_ij D_ij + 1/2 (1 - S_ij) max(m - D_ij, 0)]
+    L_reg = mean_{ik} | |u_ik| - 1 |                   (quantisation regulariser)
+    L_ce  = softmax CE(logits, y)   (sigmoid BCE over classes if multi_label)
+    L     = L_con + lambda_1 L_reg + lambda_2 L_ce,    m = 2K by default
+
+  Args:
+    codes: (B, K).  labels: (B, C) multi-hot.
+    logits: (B, C) class scores -- required unless classification_weight = 0.
+  Returns:
+    (loss, {"contrastive", "regularizer", "classification"}).
+  """
+  _, terms = pairwise.dsh(codes=codes, labels=labels, margin=margin,
+                          regularization_weight=0.0)
+  con = terms["contrastive"]
+  reg = quant_lib.quantization_penalty(codes, "l1")
+  if classification_weight:
+    common.require(logits, "logits", "sa_hash",
+                   "the class head's output; or set classification_weight=0")
+    ce = _classification(logits, labels, multi_label)
+  else:
+    ce = 0.0 * con
+  loss = con + regularization_weight * reg + classification_weight * ce
+  return loss, {"contrastive": con, "regularizer": reg, "classification": ce}
+
+
+def ath(*, codes, labels, logits=None, alpha: float = 0.1,
+        classification_weight: float = 1.0, multi_label: bool = True,
+        label_mask=None):
+  """ATH-GradCAM (seed 000): Zhu et al., "Deep hash retrieval for medical
+  images based on attention mechanism", Computer Science 2022.
+
+    L = L_HashNet(alpha) + w BCE(logits, y)
+  L_HashNet is the weighted likelihood of Eq. 10 (`pairwise.hashnet`: w_ij =
+  |P|/|S1| similar, |P|/|S0| dissimilar, Theta = alpha u_i . u_j with
+  alpha < 1) on the concatenated global + local code; BCE is averaged over
+  classes (softmax CE when multi_label=False).
+
+  Args:
+    codes: (B, K) the concatenated code.  labels: (B, C) multi-hot.
+    logits: (B, C) -- required unless classification_weight = 0.
+    label_mask: optional (B, C) known-label mask for the BCE.
+  Returns:
+    (loss, {"likelihood", "classification"}).
+  """
+  lik, _ = pairwise.hashnet(codes=codes, labels=labels, alpha=alpha)
+  if classification_weight:
+    common.require(logits, "logits", "ath",
+                   "the class head's output; or set classification_weight=0")
+    ce = (common.sigmoid_xent(logits, labels, label_mask) if multi_label
+          else common.softmax_xent(logits, labels))
+  else:
+    ce = 0.0 * lik
+  return lik + classification_weight * ce, {"likelihood": lik,
+                                            "classification": ce}
