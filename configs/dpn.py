@@ -1,0 +1,20 @@
+"""DPN (Fan et al., IJCAI 2020): polarisation loss towards fixed class centres (margin 1).
+
+  python -m medhash_jax.main --config=configs/dpn.py[:smoke] --workdir=DIR
+
+Same backbone, data and optimiser as every baseline (configs/base.py); the
+loss's hyper-parameters are its defaults (medhash_jax/losses).
+"""
+
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:  # config_flags loads this file by path
+  sys.path.insert(0, _ROOT)
+
+from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def get_config(arg=None):
+  return common.pairwise_baseline("dpn", arg)

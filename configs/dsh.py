@@ -1,0 +1,20 @@
+"""DSH (Liu et al., CVPR 2016): contrastive loss with margin m = 2K + an L1 regulariser towards +-1.
+
+  python -m medhash_jax.main --config=configs/dsh.py[:smoke] --workdir=DIR
+
+Same backbone, data and optimiser as every baseline (configs/base.py); the
+loss's hyper-parameters are its defaults (medhash_jax/losses).
+"""
+
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:  # config_flags loads this file by path
+  sys.path.insert(0, _ROOT)
+
+from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def get_config(arg=None):
+  return common.pairwise_baseline("dsh", arg)

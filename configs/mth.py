@@ -1,0 +1,60 @@
+"""MTH, multi-scale triplet hashing (seed 001), on HAM10000.
+
+  python -m medhash_jax.main --config=configs/mth.py --workdir=runs/mth
+  python -m medhash_jax.main --config=configs/mth.py:smoke --workdir=/tmp/mth
+
+Network (models/mth_net.py): parallel 1x1/3x3/5x5 convs (16 filters) each
+followed by a dense block (4 bottlenecks, growth 8) and a max pool,
+concatenated; convolutional multi-head self-attention with a residual add;
+another dense block; FC-1024 + ReLU; hash layer (tanh) and class layer side by
+side. Loss (losses.triplet.mth): semantic term + alpha x hierarchical
+similarity (triplet margins on codes and on the FC-1024 features, over every
+valid triplet of the batch) + beta x category term (softmax CE on the class
+layer).
+
+Not given by the paper, chosen here: Adam lr 1e-3 with cosine decay (the
+network is trained from scratch), 64 px inputs (the staged HAM10000 images
+are 128 px; 64 px keeps a CPU run to about an hour), 48 bits, 3000 steps of
+64. With no $MEDHASH_DATA_DIR the staged ../shared/data is used.
+"""
+
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:  # config_flags loads this file by path
+  sys.path.insert(0, _ROOT)
+
+import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from configs import base  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def get_config(arg=None):
+  smoke, _ = common.parse_arg(arg)
+  c = common.base_config(smoke)
+  c.method = "mth"
+  c.model.name = "mth"
+  c.model.kwargs = ml_collections.ConfigDict(dict(
+      small_input=True, class_head=True, fc_dim=1024))
+  c.loss.name = "mth"
+  c.loss.classification_weight = 0.0   # the category term is inside the loss
+  c.optim.name = "adam"
+  c.optim.learning_rate = 1e-3
+  c.optim.weight_decay = 0.0
+  c.optim.head_lr_mult = 1.0
+  if smoke:
+    c.model.kwargs.fc_dim = 128
+  else:
+    c.data.name = "ham10000"
+    c.data.split = "seed"      # lesion-grouped query:train:database = 1:3:3
+    c.data.image_size = 64
+    c.data.augment.vflip = True  # dermoscopy has no up/down
+    c.train.batch_size = 64
+    c.train.num_steps = 3000
+    c.train.eval_every_steps = 500
+    c.train.checkpoint_every_steps = 500
+  c.loss.kwargs = ml_collections.ConfigDict(dict(
+      multi_label=common.is_multi_label(c.data.name)))
+  return base.finalize(c)

@@ -1,0 +1,234 @@
+"""Orbax checkpoints: the only module of the project that imports orbax.
+
+A checkpoint step holds two items (DESIGN.md):
+  state      params, batch_stats, opt_state, step, rng (StandardSave)
+  data_iter  the grain iterator state (grain.checkpoint.CheckpointSave)
+Orbax writes each step to a temporary folder and renames it when complete, so a
+killed run never leaves a half checkpoint under a step's name; `max_to_keep`
+old steps are kept. Beside the steps, `config.json` records the run's config so
+that a workdir is never silently resumed under a different one.
+
+Resume order (`restore_or_initialize`): the workdir's latest step ->
+`config.resume` (another run's checkpoint, full state) -> `config.init_from`
+(weights only, matched by path and shape) -> scratch.
+"""
+
+import json
+import os
+import re
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
+
+from absl import logging
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+
+# Keys that may change between a run and its resumption: run length, logging
+# and checkpoint cadence, paths and loader parallelism.
+RESUME_IGNORED_KEYS = (
+    "train.num_steps", "train.log_every_steps", "train.checkpoint_every_steps",
+    "train.keep_checkpoints", "train.eval_every_steps", "resume", "init_from",
+    "data.data_dir", "data.num_workers", "data.prefetch_buffer_size",
+    "eval.batch_size", "eval.ks", "eval.select_metric",
+)
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir holds a checkpoint written under a different config."""
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def check_config_compatible(saved: Mapping[str, Any], current: Mapping[str, Any],
+                            where: str,
+                            ignored: Iterable[str] = RESUME_IGNORED_KEYS):
+  """Raises ConfigMismatchError naming every key that differs."""
+  a, b = _flatten(saved), _flatten(json.loads(json.dumps(current)))
+  ignored = set(ignored)
+  diffs = []
+  for k in sorted(set(a) | set(b)):
+    if k in ignored:
+      continue
+    if a.get(k, "<absent>") != b.get(k, "<absent>"):
+      diffs.append(f"  {k}: checkpoint has {a.get(k, '<absent>')!r}, "
+                   f"config has {b.get(k, '<absent>')!r}")
+  if diffs:
+    raise ConfigMismatchError(
+        f"{where} holds a checkpoint from a different config:\n" +
+        "\n".join(diffs[:20]) + ("\n  ..." if len(diffs) > 20 else "") +
+        "\nUse a fresh --workdir, or delete the old checkpoints.")
+
+
+def _is_step_dir(path: str) -> bool:
+  return os.path.isdir(path) and re.fullmatch(r"\d+", os.path.basename(
+      os.path.normpath(path))) is not None
+
+
+def _manager_dir(path: str) -> str:
+  """A workdir, a checkpoints folder or a step folder -> the manager folder."""
+  path = os.path.abspath(path)
+  if _is_step_dir(path):
+    return os.path.dirname(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints")
+  return path
+
+
+class Checkpointer:
+  """A CheckpointManager for (state, data iterator) plus the config record."""
+
+  def __init__(self, directory: str, *, max_to_keep: Optional[int] = 3,
+               async_save: bool = True, read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=async_save)
+    self._mgr = ocp.CheckpointManager(self.directory, options=options)
+
+  # -- config record ----------------------------------------------------------
+
+  def saved_config(self) -> Optional[Dict[str, Any]]:
+    path = os.path.join(self.directory, CONFIG_FILE)
+    if not os.path.exists(path):
+      return None
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+
+  def check_or_write_config(self, config_dict: Mapping[str, Any]):
+    """Refuses a workdir whose checkpoints came from another config."""
+    saved = self.saved_config()
+    if saved is not None and self.latest_step() is not None:
+      check_config_compatible(saved, config_dict, self.directory)
+    if jax.process_index() == 0:
+      os.makedirs(self.directory, exist_ok=True)
+      tmp = os.path.join(self.directory, f".{CONFIG_FILE}.tmp")
+      with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(config_dict, f, indent=2, sort_keys=True, default=str)
+      os.replace(tmp, os.path.join(self.directory, CONFIG_FILE))
+
+  # -- steps ------------------------------------------------------------------
+
+  def latest_step(self) -> Optional[int]:
+    return self._mgr.latest_step()
+
+  def all_steps(self):
+    return list(self._mgr.all_steps())
+
+  def save(self, step: int, state_items: Any, data_iter=None, *,
+           force: bool = False) -> bool:
+    items = {"state": ocp.args.StandardSave(state_items)}
+    if data_iter is not None:
+      items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+    return self._mgr.save(int(step), args=ocp.args.Composite(**items),
+                          force=force)
+
+  def restore(self, state_items: Any, data_iter=None,
+              step: Optional[int] = None) -> Tuple[Any, int]:
+    """Restores into the structure/sharding of `state_items` (live arrays)."""
+    step = self.latest_step() if step is None else int(step)
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_items)
+    items = {"state": ocp.args.StandardRestore(target)}
+    if data_iter is not None and self._has_item(step, "data_iter"):
+      items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self._mgr.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"], step
+
+  def restore_raw(self, step: Optional[int] = None) -> Dict[str, Any]:
+    """The saved state as host arrays, without a target structure."""
+    step = self.latest_step() if step is None else int(step)
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    restored = self._mgr.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return jax.tree.map(np.asarray, restored["state"])
+
+  def delete(self, step: int):
+    self._mgr.delete(int(step))
+
+  def _has_item(self, step: int, name: str) -> bool:
+    return os.path.isdir(os.path.join(self.directory, str(step), name))
+
+  def wait_until_finished(self):
+    self._mgr.wait_until_finished()
+
+  def close(self):
+    self._mgr.wait_until_finished()
+    self._mgr.close()
+
+
+def open_for_reading(path: str) -> Tuple[Checkpointer, Optional[int]]:
+  """(Checkpointer, step) for a workdir, checkpoints folder or step folder."""
+  path = os.path.abspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"checkpoint path {path} does not exist")
+  step = int(os.path.basename(path)) if _is_step_dir(path) else None
+  ckpt = Checkpointer(_manager_dir(path), read_only=True, async_save=False)
+  if step is None:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{path} holds no checkpoint")
+  return ckpt, step
+
+
+def _merge_weights(live: Any, loaded: Any, what: str) -> Tuple[Any, int, list]:
+  """Copies loaded leaves into `live` where path and shape match."""
+  loaded_flat = {jax.tree_util.keystr(p): x for p, x in
+                 jax.tree_util.tree_leaves_with_path(loaded)}
+  used, skipped = 0, []
+
+  def pick(path, x):
+    nonlocal used
+    y = loaded_flat.get(jax.tree_util.keystr(path))
+    if y is None or tuple(np.shape(y)) != tuple(x.shape):
+      skipped.append(jax.tree_util.keystr(path))
+      return x
+    used += 1
+    return jax.device_put(np.asarray(y, x.dtype), x.sharding)
+
+  merged = jax.tree_util.tree_map_with_path(pick, live)
+  if used == 0 and jax.tree.leaves(live):
+    raise ValueError(f"{what}: no parameter matched the model by path and "
+                     "shape; is it a checkpoint of another model?")
+  return merged, used, skipped
+
+
+def load_weights(path: str, params: Any, batch_stats: Any,
+                 converter: Optional[Callable[[str], Dict[str, Any]]] = None):
+  """Weights for `config.init_from`: an orbax checkpoint of this library, or
+  a pretrained file turned into {'params', 'batch_stats'} by `converter`.
+
+  Returns:
+    (params, batch_stats) with matching leaves replaced; heads whose shape
+    differs (another num_bits, another class count) keep their fresh init.
+  """
+  if os.path.isfile(path):
+    if converter is None:
+      raise ValueError(f"init_from={path!r} is a file but no converter for it "
+                       "is available for this model")
+    loaded = converter(path)
+  else:
+    ckpt, step = open_for_reading(path)
+    loaded = ckpt.restore_raw(step)
+    ckpt.close()
+  new_params, n_p, skipped_p = _merge_weights(
+      params, loaded.get("params", {}), f"init_from={path}")
+  new_stats, n_s, skipped_s = (batch_stats, 0, [])
+  if batch_stats and loaded.get("batch_stats"):
+    new_stats, n_s, skipped_s = _merge_weights(
+        batch_stats, loaded["batch_stats"], f"init_from={path} (batch_stats)")
+  logging.info("init_from %s: loaded %d params and %d batch-stat arrays; kept "
+               "fresh: %s", path, n_p, n_s, (skipped_p + skipped_s)[:10])
+  return new_params, new_stats

@@ -1,0 +1,77 @@
+"""The schema of a run config: every key the trainer reads, with its default.
+
+`configs/base.py` starts from `default_config()`; method configs override
+values only. `validation.validate_config` rejects any key that is not here
+(a typo would otherwise be ignored silently), except inside the free-form
+`model.kwargs` and `loss.kwargs`, which are checked against the signatures of
+the registered model and loss.
+"""
+
+import ml_collections
+
+from medhash_jax import data as data_lib
+
+# Sub-dicts whose keys are free-form (validated against a signature instead).
+FREE_FORM = ("model.kwargs", "loss.kwargs")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = "dpsh"          # name used in results.json and tables
+  c.seed = 0                 # init, shuffling, augmentation, per-step keys
+  c.num_bits = 48            # K, the code length
+  c.num_devices = 0          # 0 = every local device
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "resnet18"  # a models registry name
+  c.model.kwargs = ml_collections.ConfigDict()   # forwarded to get_model
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  # tanh(beta * z) continuation (HashNet): beta = init * (1 + gamma * step)
+  # ** power, raised every `every` steps; "constant" keeps beta = init.
+  c.model.beta = ml_collections.ConfigDict(dict(
+      schedule="constant", init=1.0, gamma=0.005, power=0.5, every=1))
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "dpsh"       # a losses registry name
+  c.loss.kwargs = ml_collections.ConfigDict()    # forwarded to the loss
+  c.loss.classification_weight = 0.0  # + w * BCE/CE on the class head
+
+  c.data = data_lib.default_data_config()
+
+  c.optim = ml_collections.ConfigDict(dict(
+      name="sgd",            # sgd | adam | adamw | rmsprop
+      learning_rate=0.01,    # backbone lr; the head gets head_lr_mult x this
+      momentum=0.9,
+      nesterov=False,
+      b1=0.9, b2=0.999, eps=1e-8,
+      rms_decay=0.9,
+      weight_decay=5e-4,
+      decay_bias_and_norm=False,
+      head_lr_mult=10.0,     # seed 000: the hash layer learns 10x faster
+      head_patterns=("hash",),  # regexes on '/'-joined param paths
+      schedule="cosine",     # constant | cosine | linear | step | exponential
+      warmup_steps=0,
+      end_lr_factor=0.0,     # final lr / lr (cosine, linear, exponential)
+      step_boundaries=(0.5, 0.75),  # fractions of the decay steps
+      step_factor=0.1,
+      grad_clip_norm=0.0,    # 0 = off
+      grad_clip_value=0.0,
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=64,         # global, over all devices and processes
+      num_steps=2000,
+      log_every_steps=50,
+      eval_every_steps=500,  # val retrieval for model selection; 0 = at end
+      checkpoint_every_steps=500,
+      keep_checkpoints=3,
+  ))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      ks=(10, 100),          # cut-offs of the retrieval report
+      select_metric="map@100",  # val key that selects the model (higher wins)
+  ))
+
+  c.resume = ""     # another run's workdir / checkpoint: full state
+  c.init_from = ""  # weights only: a checkpoint, or .pth/.safetensors file
+  return c

@@ -1,0 +1,217 @@
+"""The adapter between the trainer and the model, loss and metrics modules.
+
+Everything the loop needs to know about *what* is trained sits here:
+  init(rng, inputs, mesh)                          -> variables
+  objective(params, batch_stats, batch, rng, step) -> (loss, (terms, stats))
+  encode(variables, inputs)                        -> real-valued codes (B, K)
+  train_inputs(batch)                              -> the arrays the step reads
+so `step.py` and `loop.py` stay independent of any one method.
+
+Conventions relied on (see medhash_jax/models and medhash_jax/losses):
+  model(x, train=bool, beta=scalar) -> {"codes_real" (B, K), "logits" (B, C)
+    or None, "features" (B, D)}; `beta` is the tanh(beta z) continuation.
+  loss(*, codes, labels, features, logits, label_mask, **hyper) ->
+    (scalar, {term: scalar}) (losses/__init__.py); it is passed the inputs it
+    declares (`loss_fn.inputs`) plus config.loss.kwargs.
+"""
+
+import inspect
+from typing import Any, Callable, Dict, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from medhash_jax.train.validation import ConfigError
+
+
+def _models():
+  from medhash_jax import models  # pylint: disable=g-import-not-at-top
+  return models
+
+
+def _losses():
+  from medhash_jax import losses  # pylint: disable=g-import-not-at-top
+  return losses
+
+
+def _report_fn():
+  from medhash_jax import metrics  # pylint: disable=g-import-not-at-top
+  return metrics.retrieval_report
+
+
+def check_loss_kwargs(name: str, loss_fn: Callable, kwargs: Dict[str, Any]):
+  """config.loss.kwargs must be hyper-parameters of the loss."""
+  hyper = getattr(loss_fn, "hyperparameters", None)
+  if hyper is None:
+    return
+  unknown = sorted(set(kwargs) - set(hyper))
+  if unknown:
+    raise ConfigError(f"loss.kwargs {unknown} are not hyper-parameters of "
+                      f"loss {name!r}; valid: {sorted(hyper)}")
+
+
+# Model arguments the trainer sets itself (not allowed in model.kwargs).
+TRAINER_MODEL_ARGS = ("num_bits", "num_classes", "dtype")
+
+
+def check_model_kwargs(name: str, builder: Callable, kwargs: Dict[str, Any]):
+  """config.model.kwargs must be arguments of the registered builder."""
+  params = inspect.signature(builder).parameters
+  taken = sorted(set(kwargs) & set(TRAINER_MODEL_ARGS))
+  if taken:
+    raise ConfigError(f"model.kwargs {taken} are set by the trainer (use "
+                      "num_bits / model.dtype / loss.classification_weight)")
+  unknown = sorted(k for k in kwargs if k not in params and k != "class_head")
+  if unknown:
+    raise ConfigError(f"model.kwargs {unknown} are not arguments of model "
+                      f"{name!r}; valid: {sorted(p for p in params if p not in TRAINER_MODEL_ARGS)}")
+
+
+def classification_loss(logits, labels, label_mask, multi_label: bool):
+  """Sigmoid BCE (multi-label, masked) or softmax CE (one label per image)."""
+  if multi_label:
+    per = optax.sigmoid_binary_cross_entropy(logits, labels) * label_mask
+    return jnp.sum(per) / jnp.maximum(jnp.sum(label_mask), 1.0)
+  return jnp.mean(optax.softmax_cross_entropy(logits, labels / jnp.maximum(
+      jnp.sum(labels, -1, keepdims=True), 1.0)))
+
+
+class Task:
+  """A hashing model trained with a hashing loss (+ optional class loss)."""
+
+  def __init__(self, config, *, model, loss_fn: Callable, multi_label: bool,
+               two_view: bool = False, report_fn: Optional[Callable] = None,
+               converter: Optional[Callable] = None):
+    self.config = config
+    self.model = model
+    self.loss_fn = loss_fn
+    self.multi_label = multi_label
+    self.input_keys = ("image", "local_image") if two_view else ("image",)
+    self._report_fn = report_fn
+    self.converter = converter
+    self.num_bits = int(config.num_bits)
+    self.class_weight = float(config.loss.classification_weight)
+    self.loss_kwargs = dict(config.loss.kwargs.to_dict()
+                            if hasattr(config.loss.kwargs, "to_dict")
+                            else config.loss.kwargs)
+    self._loss_inputs = set(getattr(loss_fn, "inputs", ()))
+    check_loss_kwargs(config.loss.name, loss_fn, self.loss_kwargs)
+    beta = config.model.beta
+    self.beta_fn = _models().beta_schedule(
+        beta.schedule, init=beta.init, gamma=beta.gamma, power=beta.power,
+        every=beta.every)
+
+  @property
+  def report_fn(self):
+    return self._report_fn or _report_fn()
+
+  # -- model calls --------------------------------------------------------------
+
+  def _call(self, variables, inputs, *, train: bool, beta, rngs=None,
+            mutable=False):
+    args = [inputs["image"]]
+    if "local_image" in self.input_keys:
+      args.append(inputs["local_image"])
+    return self.model.apply(variables, *args, train=train, beta=beta,
+                            rngs=rngs, mutable=mutable)
+
+  def init(self, seed: int, inputs, mesh) -> Dict[str, Any]:
+    """Initial variables, replicated over the mesh.
+
+    Initialisation draws from an "rbg" key: its XLA program (RngBitGenerator)
+    compiles 3-4x faster than threefry's unrolled hash for a ResNet's dozens
+    of parameter tensors, and init is computed replicated, so the values do
+    not depend on the device count.
+    """
+    from medhash_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+    p_rng, d_rng = jax.random.split(jax.random.key(int(seed), impl="rbg"))
+
+    def _init(inputs):
+      args = [inputs["image"]]
+      if "local_image" in self.input_keys:
+        args.append(inputs["local_image"])
+      return self.model.init({"params": p_rng, "dropout": d_rng}, *args,
+                             train=False)
+
+    init = jax.jit(_init, out_shardings=mesh_lib.replicated(mesh))
+    return flax.core.unfreeze(init(inputs))
+
+  def train_inputs(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+    """The batch arrays the objective reads (only these go to the devices;
+    triplet-sampled `pos_*`/`neg_*` views are for the seed systems' tasks)."""
+    keep = set(self.input_keys) | {"labels", "label_mask"}
+    return {k: v for k, v in batch.items() if k in keep}
+
+  def objective(self, params, batch_stats, batch, rng, step):
+    """Loss of one global batch; returns (loss, (terms, new batch_stats))."""
+    beta = self.beta_fn(step)
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    out, updates = self._call(variables, batch, train=True, beta=beta,
+                              rngs={"dropout": rng}, mutable=["batch_stats"])
+    candidates = {
+        "codes": out["codes_real"], "labels": batch["labels"],
+        "logits": out.get("logits"), "features": out.get("features"),
+        "label_mask": batch.get("label_mask"),
+    }
+    kwargs = {k: v for k, v in candidates.items()
+              if v is not None and k in self._loss_inputs}
+    kwargs.update(self.loss_kwargs)
+    res = self.loss_fn(**kwargs)
+    if isinstance(res, tuple):
+      hash_loss, terms = res
+      terms = {f"loss/{k}": v for k, v in dict(terms).items()}
+    else:
+      hash_loss, terms = res, {}
+    loss = hash_loss
+    if self.class_weight > 0:
+      terms["loss/hash"] = hash_loss
+      if out.get("logits") is None:
+        raise ConfigError("loss.classification_weight > 0 but the model has "
+                          "no class head")
+      ce = classification_loss(out["logits"], batch["labels"],
+                               batch.get("label_mask",
+                                         jnp.ones_like(batch["labels"])),
+                               self.multi_label)
+      terms["loss/class"] = ce
+      loss = loss + self.class_weight * ce
+    terms["beta"] = beta
+    return loss, (terms, updates.get("batch_stats", batch_stats))
+
+  def encode(self, variables, inputs):
+    """Real-valued codes in eval mode (running BatchNorm statistics).
+
+    beta = 1: the sign of tanh(beta z), hence the binary code, is the same for
+    every beta > 0, and beta = 1 keeps the real codes comparable across
+    checkpoints of a continuation run.
+    """
+    out = self._call(variables, inputs, train=False, beta=1.0)
+    return out["codes_real"]
+
+
+def build_task(config, *, num_classes: int, multi_label: bool,
+               two_view: bool = False) -> Task:
+  """Model + loss from the registries; unknown names fail with the list."""
+  models, losses = _models(), _losses()
+  kwargs = dict(config.model.kwargs.to_dict()
+                if hasattr(config.model.kwargs, "to_dict") else
+                config.model.kwargs)
+  want_classes = config.loss.classification_weight > 0 or kwargs.pop(
+      "class_head", False)
+  try:
+    model = models.get_model(
+        config.model.name, num_bits=int(config.num_bits),
+        num_classes=num_classes if want_classes else 0,
+        dtype=config.model.dtype, **kwargs)
+  except (KeyError, ValueError, TypeError) as e:
+    raise ConfigError(f"model {config.model.name!r}: {e}") from e
+  try:
+    loss_fn = losses.get_loss(config.loss.name)
+  except (KeyError, ValueError) as e:
+    raise ConfigError(f"loss {config.loss.name!r}: {e}") from e
+  converter = models.convert.load_pretrained
+  return Task(config, model=model, loss_fn=loss_fn, multi_label=multi_label,
+              two_view=two_view, converter=converter)

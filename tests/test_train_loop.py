@@ -1,0 +1,293 @@
+"""End-to-end training on the smoke config (BreastMNIST 28 px, tiny ResNet-18).
+
+One uninterrupted run is shared by several tests (module fixture); the others
+reuse its workdir. XLA compiles are cached on disk for the session so the
+repeated (identical) train-step compiles cost little.
+"""
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import dpsh as dpsh_config
+from configs import hashnet as hashnet_config
+from medhash_jax import train
+from medhash_jax.train import checkpoint as ckpt_lib
+from medhash_jax.train import mesh as mesh_lib
+from medhash_jax.train import step as step_lib
+from medhash_jax.train import validation
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compile_cache(tmp_path_factory):
+  old = (jax.config.jax_compilation_cache_dir,
+         jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir",
+                    str(tmp_path_factory.mktemp("xla_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
+def smoke(data_dir, module=dpsh_config, **overrides):
+  c = module.get_config("smoke")
+  with c.unlocked():
+    c.data.root = data_dir
+    c.train.num_steps = STEPS
+    c.train.log_every_steps = 2
+    c.train.eval_every_steps = 0       # val only at the end
+    c.train.checkpoint_every_steps = 4
+    for k, v in overrides.items():
+      node = c
+      *path, last = k.split(".")
+      for p in path:
+        node = node[p]
+      node[last] = v
+  return c
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("smoke_run"))
+  config = smoke(data_dir)
+  results = train.train_and_evaluate(config, workdir)
+  return config, workdir, results
+
+
+def _final_params(workdir):
+  ck, step = ckpt_lib.open_for_reading(workdir)
+  raw = ck.restore_raw(step)
+  ck.close()
+  return step, raw
+
+
+def test_results_json_schema(trained):
+  config, workdir, results = trained
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = json.load(f)
+  for key in ("method", "dataset", "num_bits", "image_size", "split_sizes",
+              "config", "train", "metrics", "efficiency"):
+    assert key in saved, key
+  assert saved["method"] == "dpsh" and saved["dataset"] == "breastmnist"
+  assert saved["num_bits"] == 16 and saved["image_size"] == 28
+  assert saved["split_sizes"] == {"train": 546, "val": 78, "query": 156,
+                                  "database": 546}
+  assert set(saved["train"]) >= {"steps", "final_loss", "seconds"}
+  assert saved["train"]["steps"] == STEPS
+  assert np.isfinite(saved["train"]["final_loss"])
+  assert set(saved["metrics"]) == {"val", "test"}
+  assert config.eval.select_metric in saved["metrics"]["val"]
+  assert saved["metrics"]["test"].keys() == saved["metrics"]["val"].keys()
+  assert set(saved["efficiency"]) >= {"encode_ms_per_image",
+                                      "query_ms_per_query", "index_bytes"}
+  from medhash_jax.retrieval import HammingIndex
+  index = HammingIndex.load(os.path.join(workdir, "index.mhi"))
+  assert len(index) == 546 and index.num_bits == 16
+  assert saved["efficiency"]["index_bytes"] == index.nbytes
+  # Model selection happened on val, and was recorded.
+  assert saved["selection"]["split"] == "val"
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  steps = [r["step"] for r in rows if "train/loss" in r]
+  assert steps == [2, 4, 6, 8]
+  assert all(np.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
+                if s.isdigit()) == [4, 8]
+
+
+def test_kill_and_restart_matches_uninterrupted(trained, data_dir, tmp_path):
+  config, ref_dir, ref = trained
+  workdir = str(tmp_path / "killed")
+
+  class Killed(Exception):
+    pass
+
+  def kill_at_6(step, state):
+    del state
+    if step == 6:  # after the checkpoint of step 4; steps 5-6 are lost
+      raise Killed()
+
+  with pytest.raises(Killed):
+    train.train_and_evaluate(smoke(data_dir), workdir, hooks=[kill_at_6])
+  assert ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                               read_only=True).latest_step() == 4
+  results = train.train_and_evaluate(smoke(data_dir), workdir)
+  assert results["train"]["resumed_from"] == "workdir checkpoint step 4"
+  step_a, a = _final_params(ref_dir)
+  step_b, b = _final_params(workdir)
+  assert step_a == step_b == STEPS
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
+                                                       atol=1e-6), a, b)
+  np.testing.assert_allclose(results["train"]["final_loss"],
+                             ref["train"]["final_loss"], rtol=1e-5)
+  assert results["metrics"]["test"] == pytest.approx(ref["metrics"]["test"],
+                                                     abs=1e-6)
+
+
+def _loss_curve(config, mesh, batches):
+  run_cfg = config
+  from medhash_jax.train import optim as optim_lib
+  from medhash_jax.train import state as state_lib
+  from medhash_jax.train import task as task_lib
+  task = task_lib.build_task(run_cfg, num_classes=2, multi_label=False)
+  rng = state_lib.root_key(run_cfg.seed)
+  example = mesh_lib.shard_batch({"image": batches[0]["image"]}, mesh)
+  variables = task.init(run_cfg.seed, example, mesh)
+  tx, sched = optim_lib.build_optimizer(run_cfg.optim, variables["params"], 10)
+  state = state_lib.create_train_state(apply_fn=task.model.apply,
+                                       variables=variables, tx=tx, rng=rng,
+                                       mesh=mesh)
+  raw = step_lib.make_train_step(task.objective, sched, jit=False)
+  chex.clear_trace_counter()
+  step = jax.jit(chex.assert_max_traces(raw, n=1), donate_argnums=0)
+  root = jnp.array(state.rng)
+  losses = []
+  for b in batches:
+    state, m = step(state, mesh_lib.shard_batch(task.train_inputs(b), mesh),
+                    root)
+    losses.append(float(m["loss"]))
+  return np.array(losses)
+
+
+def test_same_loss_curve_on_1_and_4_devices(data_dir):
+  from medhash_jax import data as data_lib
+  # A gentle lr: the curves differ only by the order of float reductions,
+  # which a large step amplifies.
+  config = smoke(data_dir, **{"optim.learning_rate": 0.002})
+  ds = data_lib.build_datasets(config.data, workdir=None, global_batch_size=32,
+                               seed=0, image_size=28)
+  batches = [next(ds.train_iter) for _ in range(4)]
+  one = _loss_curve(config, mesh_lib.make_mesh(1), batches)
+  four = _loss_curve(config, mesh_lib.make_mesh(4), batches)
+  assert np.all(np.isfinite(one)) and one[0] != one[-1]
+  np.testing.assert_allclose(one, four, rtol=1e-4, atol=1e-5)
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(data_dir, tmp_path,
+                                                 monkeypatch):
+  from medhash_jax.train import task as task_lib
+  original = task_lib.Task.train_inputs
+  calls = []
+
+  def poisoned(self, batch):
+    out = dict(original(self, batch))
+    calls.append(1)
+    if len(calls) == 6:  # the 6th step sees a NaN image (same compiled step)
+      out["image"] = np.full_like(out["image"], np.nan)
+    return out
+
+  monkeypatch.setattr(task_lib.Task, "train_inputs", poisoned)
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(step_lib.NonFiniteLossError) as e:
+    train.train_and_evaluate(smoke(data_dir), workdir)
+  msg = str(e.value)
+  assert "step 6" in msg and os.path.join("checkpoints", "4") in msg, msg
+  # Nothing after the bad step was checkpointed.
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
+                if s.isdigit()) == [4]
+
+
+def test_evaluate_mode_reproduces_test_metrics(trained):
+  config, workdir, results = trained
+  again = train.evaluate_workdir(config, workdir)
+  assert again["metrics"]["test"] == pytest.approx(results["metrics"]["test"],
+                                                   abs=1e-6)
+
+
+def test_search_and_encode_modes(trained, data_dir, tmp_path, capsys):
+  from PIL import Image
+  config, workdir, _ = trained
+  arrays = np.load(os.path.join(data_dir, "breastmnist", "breastmnist.npz"))
+  folder = tmp_path / "queries"
+  folder.mkdir()
+  for i in range(3):
+    Image.fromarray(arrays["test_images"][i]).save(folder / f"q{i}.png")
+  hits = train.search(config, workdir, input_spec=str(folder), k=5,
+                      output=str(tmp_path / "search.json"))
+  assert len(hits) == 3 and all(len(h["hits"]) == 5 for h in hits)
+  d = [h["distance"] for h in hits[0]["hits"]]
+  assert d == sorted(d) and "labels" in hits[0]["hits"][0]
+  assert "rank" in capsys.readouterr().out
+  out = train.encode(config, workdir, input_spec=str(folder),
+                     output=str(tmp_path / "q.mhi"))
+  assert out["count"] == 3 and os.path.exists(tmp_path / "q_meta.npz")
+
+
+# -- bad input: each fails before the first step ------------------------------
+
+def test_unknown_config_key(data_dir, tmp_path):
+  c = smoke(data_dir)
+  with pytest.raises(AttributeError):
+    dpsh_config.get_config("smoke").train.bach_size = 3  # locked
+  with c.unlocked():
+    c.train.bach_size = 3
+  with pytest.raises(validation.ConfigError, match="train.bach_size"):
+    train.train_and_evaluate(c, str(tmp_path / "w"))
+  with pytest.raises(ValueError, match="unknown config variant"):
+    dpsh_config.get_config("smok")
+
+
+@pytest.mark.parametrize("override, error, match", [
+    ({"train.batch_size": 30}, ValueError, "not divisible by the 4 devices"),
+    ({"num_bits": 0}, validation.ConfigError, "num_bits must be a positive"),
+    ({"num_bits": -8}, validation.ConfigError, "num_bits must be a positive"),
+    ({"model.name": "resnet7"}, validation.ConfigError, "resnet7"),
+    ({"loss.name": "nosuchloss"}, validation.ConfigError, "nosuchloss"),
+    ({"optim.name": "lion"}, validation.ConfigError, "lion"),
+])
+def test_bad_config_values(data_dir, tmp_path, override, error, match):
+  c = smoke(data_dir, **override)
+  with pytest.raises(error, match=match):
+    train.train_and_evaluate(c, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w" / "checkpoints" / "4")
+
+
+def test_workdir_with_other_config(trained, data_dir):
+  _, workdir, _ = trained
+  c = smoke(data_dir, num_bits=32)
+  with pytest.raises(ckpt_lib.ConfigMismatchError, match="num_bits"):
+    train.train_and_evaluate(c, workdir)
+
+
+@pytest.mark.parametrize("module", [dpsh_config, hashnet_config])
+@pytest.mark.parametrize("arg", [None, "smoke"])
+def test_configs_validate(module, arg):
+  c = module.get_config(arg)
+  validation.validate_config(c)
+  assert c.is_locked and c.loss.name == c.method
+  if module is hashnet_config:
+    assert c.model.beta.schedule == "hashnet"
+  if arg is None:
+    assert c.model.name == "resnet50" and c.data.image_size == 224
+
+
+def test_resume_and_init_from(trained, data_dir, tmp_path):
+  """config.resume restores the full state; config.init_from only weights,
+  keeping fresh heads whose shape differs."""
+  config, workdir, results = trained
+  # resume: the other run is already at the last step -> evaluation only.
+  c = smoke(data_dir, resume=workdir)
+  again = train.train_and_evaluate(c, str(tmp_path / "resumed"))
+  assert again["train"]["resumed_from"].startswith("config.resume=")
+  assert again["train"]["steps"] == STEPS
+  assert again["metrics"]["test"] == pytest.approx(results["metrics"]["test"],
+                                                   abs=1e-6)
+  from medhash_jax.train import loop
+  c = smoke(data_dir, init_from=workdir, num_bits=32)
+  run = loop.Run(c, str(tmp_path / "init"))
+  fresh_head = np.asarray(run.state.params["hash"]["dense"]["kernel"])
+  assert run.restore_or_initialize().startswith("config.init_from=")
+  _, saved = _final_params(workdir)
+  np.testing.assert_array_equal(run.state.params["backbone"]["conv1"]["kernel"],
+                                saved["params"]["backbone"]["conv1"]["kernel"])
+  np.testing.assert_array_equal(run.state.params["hash"]["dense"]["kernel"],
+                                fresh_head)
+  assert int(run.state.step) == 0
