@@ -3,6 +3,12 @@ r"""Command line: train, evaluate, encode and search.
   python -m medhash_jax.main --config=configs/dpsh.py[:smoke] --workdir=DIR \
       [--config.key=value ...] [--mode=train|evaluate|encode|search]
 
+Multi-process (one process per host or per accelerator; launch/README.md):
+jax.distributed starts when the process count is > 1 (flags below or env
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, as set by
+launch/local.py) or under an srun / mpirun step of several tasks;
+--distributed=on for TPU VM pods. Only process 0 writes files and prints.
+
 Kept tiny on purpose: flags are parsed here, the work is done in
 `medhash_jax.train`, where it can be tested.
 """
@@ -34,6 +40,29 @@ flags.DEFINE_string("output", "", "encode: index file (default "
                     "WORKDIR/search.json).")
 flags.DEFINE_string("index", "", "search: index file (default WORKDIR/index.mhi).")
 flags.DEFINE_integer("k", 10, "search: results per query.")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                  "jax.distributed: auto = only for a multi-process launch "
+                  "(process count > 1, or an srun/mpirun step of several "
+                  "tasks); on = always (TPU VM pods: cluster auto-detection);"
+                  " off = never.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0's "
+                    "coordinator (default env JAX_COORDINATOR_ADDRESS, else "
+                    "cluster auto-detection).")
+flags.DEFINE_string("coordinator_bind_address", None, "Address process 0's "
+                    "coordinator listens on (default env "
+                    "JAX_COORDINATOR_BIND_ADDRESS, else all interfaces).")
+flags.DEFINE_integer("num_processes", None, "Process count (default env "
+                     "JAX_NUM_PROCESSES, else auto-detection).")
+flags.DEFINE_integer("process_id", None, "This process's index (default env "
+                     "JAX_PROCESS_ID, else auto-detection).")
+flags.DEFINE_string("local_device_ids", None, "Comma-separated accelerator "
+                    "ids this process uses (default env JAX_LOCAL_DEVICE_IDS;"
+                    " under SLURM jax picks [SLURM_LOCALID], i.e. one GPU per "
+                    "task).")
+flags.DEFINE_string("cpu_collectives", "gloo", "CPU cross-process collectives "
+                    "(jax_cpu_collectives_implementation: gloo or mpi).")
+flags.DEFINE_bool("log_all_processes", False, "INFO logs on every process "
+                  "(default: only process 0; the others log warnings).")
 
 
 def _summary(results):
@@ -59,15 +88,28 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+  # Before anything touches a JAX backend.
+  from medhash_jax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize(
+      FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+      coordinator_bind_address=FLAGS.coordinator_bind_address,
+      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+      local_device_ids=FLAGS.local_device_ids,
+      cpu_collectives=FLAGS.cpu_collectives)
+  distributed.log_topology()
+  main_process = distributed.is_main_process()
+  if not main_process and not FLAGS.log_all_processes:
+    absl_logging.set_verbosity(absl_logging.WARNING)
   from medhash_jax import train  # pylint: disable=g-import-not-at-top
   config, workdir = FLAGS.config, FLAGS.workdir
+  out = print if main_process else (lambda *a: None)
   if FLAGS.mode == "train":
-    print(_summary(train.train_and_evaluate(config, workdir)))
+    out(_summary(train.train_and_evaluate(config, workdir)))
   elif FLAGS.mode == "evaluate":
-    print(_summary(train.evaluate_workdir(config, workdir)))
+    out(_summary(train.evaluate_workdir(config, workdir)))
   elif FLAGS.mode == "encode":
-    print(json.dumps(train.encode(config, workdir, input_spec=FLAGS.input,
-                                  split=FLAGS.split, output=FLAGS.output)))
+    out(json.dumps(train.encode(config, workdir, input_spec=FLAGS.input,
+                                split=FLAGS.split, output=FLAGS.output)))
   else:
     train.search(config, workdir, input_spec=FLAGS.input, k=FLAGS.k,
                  index_path=FLAGS.index, output=FLAGS.output)

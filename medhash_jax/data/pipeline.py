@@ -3,8 +3,9 @@
 Training, per process:
 
     MapDataset.range(n_train) -> shuffle(seed) -> repeat()  (reshuffled each epoch)
-      -> [process_index::process_count]                   (per-process slice)
       -> random_map(load + mask-and-crop + augment + normalise)
+      -> process p's rows of each global batch (same global batches, rows
+         and augmentation for any process count; `_ProcessBlocks`)
       -> to_iter_dataset(ReadOptions(threads))  -> batch(b, drop_remainder=True)
       -> mp_prefetch(MultiprocessingOptions(num_workers))   when num_workers > 0
 
@@ -190,6 +191,37 @@ def _maybe_mp(ds: grain.IterDataset, num_workers: int,
       num_workers=int(num_workers), per_worker_buffer_size=int(buffer)))
 
 
+class _ProcessBlocks(grain.MapDataset):
+  """Process p's part of a global stream cut into global batches of b * P.
+
+  Element j of process p is global element ``(j // b) * b * P + p * b + j % b``:
+  global batch k is the concatenation, in process order, of every process's
+  batch k, which is exactly how `jax.make_array_from_process_local_data`
+  assembles it. So P processes see the same global batches, in the same row
+  order, as one process (a plain ``[p::P]`` slice would interleave the rows).
+  """
+
+  def __init__(self, parent: grain.MapDataset, *, local_batch: int,
+               process_index: int, process_count: int):
+    super().__init__(parent)
+    self._b = int(local_batch)
+    self._p = int(process_index)
+    self._n = int(process_count)
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._n
+
+  def __str__(self) -> str:
+    return (f"ProcessBlocks(local_batch={self._b}, process={self._p}/"
+            f"{self._n})")
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    k, r = divmod(int(index), self._b)
+    return self._parent[(k * self._n + self._p) * self._b + r]
+
+
 def train_dataset(loader: ExampleLoader, *, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1,
                   sampling: str = "random", num_workers: int = 0,
@@ -205,9 +237,12 @@ def train_dataset(loader: ExampleLoader, *, batch_size: int, seed: int,
   triplets = (TripletSampler(loader.source.labels[loader.indices])
               if sampling == "triplet" else None)
   ds = grain.MapDataset.range(n).shuffle(seed=_sub_seed(seed, 1)).repeat(None)
-  ds = ds[process_index::process_count]
-  ds = ds.random_map(_TrainMap(loader, triplets),
-                     seed=_sub_seed(seed, 2, process_index))
+  # Augmentation before the per-process cut, with one seed for all processes:
+  # grain draws each element's rng from (seed, element position), so the
+  # global batch, augmentation included, does not depend on the process count.
+  ds = ds.random_map(_TrainMap(loader, triplets), seed=_sub_seed(seed, 2, 0))
+  ds = _ProcessBlocks(ds, local_batch=batch_size, process_index=process_index,
+                      process_count=process_count)
   it = ds.to_iter_dataset(_read_options(read_threads, prefetch_buffer_size))
   it = it.batch(batch_size, drop_remainder=True)
   return _maybe_mp(it, num_workers, worker_buffer_size)

@@ -10,11 +10,16 @@ Public API (other tools call it; keep it stable):
   HammingIndex(num_bits): add / search / range_search / save / load / faiss
   sharded_topk(query_packed, db_sharded, k, *, num_valid, mesh)
       -> the same answer as hamming_topk, database split over devices
+  assemble_database(local_packed, mesh) -> ShardedDatabase from every
+      process's part (multi-process); ShardedHammingIndex wraps it
 """
 
 from medhash_jax.retrieval.index import HammingIndex
 from medhash_jax.retrieval.packing import pack_codes
 from medhash_jax.retrieval.packing import unpack_codes
+from medhash_jax.retrieval.sharded import ShardedDatabase
+from medhash_jax.retrieval.sharded import ShardedHammingIndex
+from medhash_jax.retrieval.sharded import assemble_database
 from medhash_jax.retrieval.sharded import database_mesh
 from medhash_jax.retrieval.sharded import shard_database
 from medhash_jax.retrieval.sharded import sharded_topk
@@ -27,7 +32,8 @@ from medhash_jax.retrieval.topk import merge_topk
 from medhash_jax.retrieval.topk import resolve_backend
 
 __all__ = [
-    "BACKENDS", "HammingIndex", "cpu_kernel_available", "database_mesh", "hamming_distances",
+    "BACKENDS", "HammingIndex", "ShardedDatabase", "ShardedHammingIndex",
+    "assemble_database", "cpu_kernel_available", "database_mesh", "hamming_distances",
     "hamming_histogram", "hamming_topk", "merge_topk", "pack_codes",
     "resolve_backend", "shard_database", "sharded_topk", "unpack_codes",
 ]

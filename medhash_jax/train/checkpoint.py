@@ -147,12 +147,23 @@ class Checkpointer:
     return restored["state"], step
 
   def restore_raw(self, step: Optional[int] = None) -> Dict[str, Any]:
-    """The saved state as host arrays, without a target structure."""
+    """The saved state as host arrays, without a target structure.
+
+    Read onto this process's first device whatever the saving run's device
+    count or process count was (orbax refuses a target-less restore on
+    another topology).
+    """
     step = self.latest_step() if step is None else int(step)
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    meta = ocp.StandardCheckpointer().metadata(
+        os.path.join(self.directory, str(step), "state"))
+    meta = getattr(meta, "item_metadata", meta)
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
     restored = self._mgr.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     return jax.tree.map(np.asarray, restored["state"])
 
   def delete(self, step: int):

@@ -71,9 +71,9 @@ class _Loaded:
     """Codes float32 (n, K) of image files, in fixed-shape padded batches."""
     mesh, bs = self.run.mesh, self.run.eval_batch_size
     keys = self.run.task.input_keys
-    if jax.process_count() > 1:
-      raise NotImplementedError("encoding image files runs on one process; "
-                                "encode a configured split instead")
+    # Every process lists the same files; each decodes only its slice of
+    # every padded global batch (the layout of the eval pipeline).
+    lb, me = bs // jax.process_count(), jax.process_index()
     if tuple(keys) != ("image",):
       raise NotImplementedError(
           f"encoding loose files needs inputs {keys}; only single-view models "
@@ -81,11 +81,14 @@ class _Loaded:
     out = []
     for s in range(0, len(paths), bs):
       chunk = paths[s:s + bs]
-      imgs = np.stack([self.pre(data_lib.decode_image(p)) for p in chunk])
-      imgs, mask = mesh_lib.pad_to_multiple(imgs, bs)
+      mine = chunk[me * lb:(me + 1) * lb]
+      imgs = np.zeros((lb,) + self.pre.zeros().shape, self.pre.zeros().dtype)
+      for j, p in enumerate(mine):
+        imgs[j] = self.pre(data_lib.decode_image(p))
       codes = self.run.encode_fn(self.variables,
                                  mesh_lib.shard_batch({"image": imgs}, mesh))
-      out.append(np.asarray(jax.device_get(codes))[mask])
+      # Replicated output: every process reads the whole global batch.
+      out.append(np.asarray(jax.device_get(codes))[:len(chunk)])
     return np.concatenate(out).astype(np.float32)
 
 

@@ -1,0 +1,1 @@
+"""Launch helpers (launch/local.py is importable for the tests)."""
