@@ -14,8 +14,9 @@ layer).
 
 Not given by the paper, chosen here: Adam lr 1e-3 with cosine decay (the
 network is trained from scratch), 64 px inputs (the staged HAM10000 images
-are 128 px; 64 px keeps a CPU run to about an hour), 48 bits, 3000 steps of
-64. With no $MEDHASH_DATA_DIR the staged ../shared/data is used.
+are 128 px), 48 bits, 2000 steps of 32. The full-resolution dense blocks make
+this a GPU-minutes / CPU-hours run (about 4 s per step on 2 CPU cores).
+With no $MEDHASH_DATA_DIR the staged ../shared/data is used.
 """
 
 import os
@@ -51,8 +52,8 @@ def get_config(arg=None):
     c.data.split = "seed"      # lesion-grouped query:train:database = 1:3:3
     c.data.image_size = 64
     c.data.augment.vflip = True  # dermoscopy has no up/down
-    c.train.batch_size = 64
-    c.train.num_steps = 3000
+    c.train.batch_size = 32
+    c.train.num_steps = 2000
     c.train.eval_every_steps = 500
     c.train.checkpoint_every_steps = 500
   c.loss.kwargs = ml_collections.ConfigDict(dict(

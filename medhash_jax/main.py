@@ -100,12 +100,16 @@ def main(argv):
   main_process = distributed.is_main_process()
   if not main_process and not FLAGS.log_all_processes:
     absl_logging.set_verbosity(absl_logging.WARNING)
+  from medhash_jax import systems  # pylint: disable=g-import-not-at-top
   from medhash_jax import train  # pylint: disable=g-import-not-at-top
   config, workdir = FLAGS.config, FLAGS.workdir
   out = print if main_process else (lambda *a: None)
   if FLAGS.mode == "train":
-    out(_summary(train.train_and_evaluate(config, workdir)))
-  elif FLAGS.mode == "evaluate":
+    # Multi-stage systems (ATH) run all their stages; the rest go to train/.
+    out(_summary(systems.train_and_evaluate(config, workdir)))
+    return
+  config = systems.hash_config(config, workdir)
+  if FLAGS.mode == "evaluate":
     out(_summary(train.evaluate_workdir(config, workdir)))
   elif FLAGS.mode == "encode":
     out(json.dumps(train.encode(config, workdir, input_spec=FLAGS.input,

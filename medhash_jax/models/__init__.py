@@ -7,6 +7,9 @@
     out["codes_real"], out["logits"], out["features"]
     codes = models.binarize(out["codes_real"])      # sign, with sign(0) = +1
 
+The seed systems: "ath_two_branch" (two views: `model.apply(variables, x,
+local_image)`), "mth", "sa_hash" (ath_net.py, mth_net.py, sa_hash_net.py).
+
 Training: `model.apply(variables, x, train=True, beta=beta,
 mutable=["batch_stats"])`. Pretrained torchvision/timm weights:
 `models.convert.load_pretrained(path)`. See registry.py for every name.
@@ -25,14 +28,20 @@ from medhash_jax.models.backbones import DenseNet
 from medhash_jax.models.backbones import ResNet
 from medhash_jax.models.backbones import canonical_dtype
 from medhash_jax.models.backbones import get_backbone
+from medhash_jax.models.ath_net import TwoBranchHashNet
 from medhash_jax.models.hashing_net import Classifier
 from medhash_jax.models.hashing_net import HashingNet
 from medhash_jax.models.heads import ClassHead
 from medhash_jax.models.heads import FCStack
 from medhash_jax.models.heads import HashHead
+from medhash_jax.models.mth_net import MTHNet
+from medhash_jax.models.sa_hash_net import SAHashNet
 from medhash_jax.models.heads import beta_schedule
 from medhash_jax.models.heads import binarize
 from medhash_jax.models.heads import hashnet_beta
 from medhash_jax.models.registry import MODELS
+from medhash_jax.models.registry import TWO_VIEW
 from medhash_jax.models.registry import get_model
 from medhash_jax.models.registry import is_hash_model
+from medhash_jax.models.registry import is_two_view
+from medhash_jax.models.registry import pretrained_converter

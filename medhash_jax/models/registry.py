@@ -4,9 +4,15 @@ Every entry is a builder with an explicit keyword signature (so a config's
 `model.kwargs` can be checked against it with `inspect.signature`) that
 returns a Flax linen module. Call conventions of the modules:
 
-  hash models ("resnet18", "resnet50", "densenet121"):
+  hash models ("resnet18", "resnet50", "densenet121", "mth", "sa_hash",
+  "ath_two_branch"):
       model.apply(variables, x, train=False, beta=1.0)
         -> {"codes_real": (B, K), "logits": (B, C) or None, "features": (B, D)}
+  two-view hash model ("ath_two_branch"): the local (masked-and-cropped) view
+  is the second argument, positional or keyword `local_image`:
+      model.apply(variables, x, local_image, train=False, beta=1.0)
+        -> the same dict plus "codes_global" / "codes_local"; K = K_g + K_l
+      (local_image=None uses x for both branches). `TWO_VIEW` lists them.
   classifiers ("*_classifier"):
       model.apply(variables, x, train=False)
         -> {"logits": (B, C), "features": (B, D)}
@@ -21,7 +27,10 @@ import flax.linen as nn
 
 from medhash_jax.models import attention as attention_lib
 from medhash_jax.models import backbones
+from medhash_jax.models.ath_net import TwoBranchHashNet
 from medhash_jax.models.hashing_net import Classifier, HashingNet
+from medhash_jax.models.mth_net import MTHNet
+from medhash_jax.models.sa_hash_net import SAHashNet
 
 
 def _attention(name: Optional[str], kwargs: Optional[Dict[str, Any]], dtype):
@@ -134,6 +143,80 @@ def densenet121_classifier(*, num_classes: int, small_input: bool = False,
                      dropout_rate=dropout_rate, dtype=dtype)
 
 
+# ---------------------------------------------------------------------------
+# The three seed systems
+# ---------------------------------------------------------------------------
+
+_SYSTEM_BACKBONES = ("resnet18", "resnet50")
+
+
+def _system_backbone(name, *, width, small_input, dtype):
+  if name not in _SYSTEM_BACKBONES:
+    raise ValueError(f"unknown backbone {name!r} for this model; valid: "
+                     f"{', '.join(_SYSTEM_BACKBONES)}")
+  return backbones.get_backbone(name, width=int(width),
+                                small_input=bool(small_input), dtype=dtype)
+
+
+def ath_two_branch(*, num_bits: int, num_classes: int = 0,
+                   backbone: str = "resnet50", small_input: bool = False,
+                   width: int = 64, local_fraction: float = 0.5,
+                   attention: Optional[str] = None,
+                   attention_kwargs: Optional[Dict[str, Any]] = None,
+                   fc_dims: Sequence[int] = (), dropout_rate: float = 0.0,
+                   hash_activation: str = "tanh",
+                   dtype="float32") -> nn.Module:
+  """ATH-GradCAM: global + local ResNet branches, codes concatenated
+  (ath_net.py); two-view: pass the local image as the second argument."""
+  dtype = backbones.canonical_dtype(dtype)
+  make = lambda: _system_backbone(backbone, width=width,
+                                  small_input=small_input, dtype=dtype)
+  return TwoBranchHashNet(
+      global_backbone=make(), local_backbone=make(), num_bits=int(num_bits),
+      num_classes=int(num_classes), local_fraction=float(local_fraction),
+      attention=_attention(attention, attention_kwargs, dtype),
+      fc_dims=tuple(int(d) for d in fc_dims), dropout_rate=float(dropout_rate),
+      hash_activation=hash_activation, dtype=dtype)
+
+
+def mth(*, num_bits: int, num_classes: int = 0, small_input: bool = False,
+        filters: int = 16, growth: int = 8, num_layers: int = 4,
+        kernel_sizes: Sequence[int] = (1, 3, 5),
+        pool_size: Optional[int] = None, attention_size: int = 16,
+        num_heads: int = 4, fc_dim: int = 1024, dropout_rate: float = 0.0,
+        hash_activation: str = "tanh", dtype="float32") -> nn.Module:
+  """MTH: multi-scale dense blocks + conv self-attention (mth_net.py);
+  pool_size None = 2 for small inputs, 4 for ~224 px."""
+  if pool_size is None:
+    pool_size = 2 if small_input else 4
+  return MTHNet(num_bits=int(num_bits), num_classes=int(num_classes),
+                filters=int(filters), growth=int(growth),
+                num_layers=int(num_layers),
+                kernel_sizes=tuple(int(k) for k in kernel_sizes),
+                pool_size=int(pool_size), attention_size=int(attention_size),
+                num_heads=int(num_heads), fc_dim=int(fc_dim),
+                dropout_rate=float(dropout_rate),
+                hash_activation=hash_activation,
+                dtype=backbones.canonical_dtype(dtype))
+
+
+def sa_hash(*, num_bits: int, num_classes: int = 0, backbone: str = "resnet50",
+            small_input: bool = False, width: int = 64, kernel_size: int = 7,
+            pool_size: int = 3, fc_dim: int = 1024, dropout_rate: float = 0.0,
+            hash_activation: str = "tanh", dtype="float32") -> nn.Module:
+  """SA-Hash: ResNet + feature-refined blocks + spatial attention
+  (sa_hash_net.py)."""
+  dtype = backbones.canonical_dtype(dtype)
+  bb = _system_backbone(backbone, width=width, small_input=small_input,
+                        dtype=dtype)
+  return SAHashNet(backbone=bb, num_bits=int(num_bits),
+                   num_classes=int(num_classes),
+                   refine_features=bb.out_features // 4,
+                   kernel_size=int(kernel_size), pool_size=int(pool_size),
+                   fc_dim=int(fc_dim), dropout_rate=float(dropout_rate),
+                   hash_activation=hash_activation, dtype=dtype)
+
+
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "resnet50": resnet50,
@@ -141,7 +224,36 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
     "resnet18_classifier": resnet18_classifier,
     "resnet50_classifier": resnet50_classifier,
     "densenet121_classifier": densenet121_classifier,
+    "ath_two_branch": ath_two_branch,
+    "mth": mth,
+    "sa_hash": sa_hash,
 }
+
+# Models whose apply takes the local view (`local_image`) as well.
+TWO_VIEW = ("ath_two_branch",)
+
+# Where a converted ImageNet backbone goes in each model's variables (every
+# other model keeps it under "backbone"): both ATH branches start from it.
+PRETRAINED_PREFIXES = {"ath_two_branch": ("global_backbone", "local_backbone")}
+
+
+def pretrained_converter(name: str, **kwargs) -> Callable[[str], Dict[str, Any]]:
+  """`path -> variables` for `config.init_from` with a torchvision/timm file:
+  the converted backbone under every prefix the model `name` has (kwargs go
+  to `convert.convert_state_dict`, e.g. in_channels=1)."""
+  from medhash_jax.models import convert  # pylint: disable=g-import-not-at-top
+  prefixes = PRETRAINED_PREFIXES.get(name, ("backbone",))
+
+  def load(path: str) -> Dict[str, Any]:
+    sd = convert.load_state_dict(path)
+    out: Dict[str, Any] = {"params": {}, "batch_stats": {}}
+    for prefix in prefixes:
+      v = convert.convert_state_dict(sd, prefix=prefix, **kwargs)
+      for coll in out:
+        out[coll].update(v[coll])
+    return out
+
+  return load
 
 
 def get_model(name: str, **kwargs) -> nn.Module:
@@ -150,6 +262,11 @@ def get_model(name: str, **kwargs) -> nn.Module:
     raise ValueError(f"unknown model {name!r}; valid names: "
                      f"{', '.join(sorted(MODELS))}")
   return MODELS[name](**kwargs)
+
+
+def is_two_view(name: str) -> bool:
+  """True for entries that take (image, local_image)."""
+  return name in TWO_VIEW
 
 
 def is_hash_model(name: str) -> bool:

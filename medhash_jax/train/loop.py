@@ -344,6 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_seconds = time.perf_counter() - t_train
   if start >= total:
     logging.info("nothing to train: the checkpoint is at step %d", start)
+    # A re-run that only re-evaluates keeps the training time it measured.
+    train_seconds = _previous_train_seconds(workdir, train_seconds)
   if hasattr(train_step, "_cache_size") and train_step._cache_size() > 1:  # pylint: disable=protected-access
     logging.warning("the train step was traced %d times (expected 1)",
                     train_step._cache_size())  # pylint: disable=protected-access
@@ -437,6 +439,16 @@ def _log_line(scalars: Dict[str, float], sps: float, eta: float) -> str:
                     if k in ("train/grad_norm", "train/beta"))
   return (f"{sps:.2f} steps/s, ETA {_hms(eta)}, lr {scalars['train/lr']:.3g}, "
           f"loss {scalars['train/loss']:.4f} ({terms}), {extra}")
+
+
+def _previous_train_seconds(workdir: str, default: float) -> float:
+  """`train.seconds` of an earlier results.json in workdir, else `default`."""
+  try:
+    with open(os.path.join(workdir, RESULTS_FILE)) as f:
+      seconds = json.load(f)["train"]["seconds"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return default
+  return float(seconds) if seconds is not None else default
 
 
 def _hms(seconds: float) -> str:

@@ -212,6 +212,7 @@ def build_task(config, *, num_classes: int, multi_label: bool,
     loss_fn = losses.get_loss(config.loss.name)
   except (KeyError, ValueError) as e:
     raise ConfigError(f"loss {config.loss.name!r}: {e}") from e
-  converter = models.convert.load_pretrained
+  # Fills every backbone the model has (both ATH branches, for instance).
+  converter = models.pretrained_converter(config.model.name)
   return Task(config, model=model, loss_fn=loss_fn, multi_label=multi_label,
               two_view=two_view, converter=converter)

@@ -1,0 +1,59 @@
+"""`python -m medhash_jax.experiments --suite=<name>` (see the package docstring)."""
+
+import json
+import logging as logging_lib
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from medhash_jax.experiments.runner import run_suite
+from medhash_jax.experiments.suites import SUITES
+
+def _define_flags():
+  """Defined only when run as a program, so importing this module (tests,
+  notebooks) never collides with medhash_jax.main's --workdir/--output."""
+  flags.DEFINE_string("suite", "smoke", f"one of {sorted(SUITES)}")
+  flags.DEFINE_string("output", "", "report folder (default results/<suite>)")
+  flags.DEFINE_string("workdir", "",
+                      "run folder (default runs/experiments/<suite>)")
+  flags.DEFINE_list("methods", [], "subset of the suite's deep methods")
+  flags.DEFINE_list("bits", [], "code lengths (default the suite's)")
+  flags.DEFINE_list("seeds", [], "seeds (default the suite's)")
+  flags.DEFINE_integer("steps", 0, "override every run's number of steps")
+  flags.DEFINE_bool("rerun", False, "retrain runs that already finished")
+
+
+FLAGS = flags.FLAGS
+
+
+class _QuietOrbax(logging_lib.Filter):
+  """Keeps orbax's per-save INFO chatter out of the log (warnings stay)."""
+
+  def filter(self, record):
+    return record.levelno >= logging_lib.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietOrbax())
+  if FLAGS.suite not in SUITES:
+    raise app.UsageError(f"unknown suite {FLAGS.suite!r}; known: {sorted(SUITES)}")
+  suite = SUITES[FLAGS.suite]
+  info = run_suite(
+      suite, FLAGS.output or os.path.join("results", suite.name),
+      FLAGS.workdir or os.path.join("runs", "experiments", suite.name),
+      methods=FLAGS.methods or None,
+      bits=[int(b) for b in FLAGS.bits] or None,
+      seeds=[int(s) for s in FLAGS.seeds] or None,
+      steps=FLAGS.steps or None, rerun=FLAGS.rerun,
+      command=" ".join(["python -m medhash_jax.experiments"] + sys.argv[1:]))
+  print(json.dumps(info["outputs"], indent=1))
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

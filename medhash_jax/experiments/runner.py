@@ -1,0 +1,362 @@
+"""Running a suite: the runs, the shallow methods, the table, PR curves and
+the retrieval gallery (see the package docstring)."""
+
+import json
+import os
+import platform
+import subprocess
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+
+from medhash_jax.experiments.suites import (ALL_DEEP, COLUMNS, DISPLAY, KS,
+                                            Suite, REPO_ROOT, run_tag, method_config)
+
+# ---------------------------------------------------------------------------
+# Rows
+# ---------------------------------------------------------------------------
+
+
+def _metrics_row(test: Dict[str, float]) -> Dict[str, float]:
+  return {"map@10": test.get("map@10"), "map@all": test.get("map@all"),
+          "ndcg@100": test.get("ndcg@100"), "ndcg@all": test.get("ndcg@all"),
+          "p@r2": test.get("precision@radius2"),
+          "map@10_tie": test.get("map@10/tie_aware"),
+          "chance": test.get("map@10/chance"),
+          "chance_map@all": test.get("map@all/chance")}
+
+
+def deep_row(results: Dict[str, Any], workdir: str) -> Dict[str, Any]:
+  row = _metrics_row(results["metrics"]["test"])
+  train_s = results["train"].get("seconds")
+  stages = os.path.join(workdir, "ath_stages.json")
+  if os.path.exists(stages):
+    with open(stages, encoding="utf-8") as f:
+      train_s = json.load(f).get("total_train_seconds", train_s)
+  eff = results.get("efficiency", {})
+  row.update(train_time_s=train_s,
+             encode_ms_per_image=eff.get("encode_ms_per_image"),
+             query_ms=eff.get("query_ms_per_query"),
+             index_bytes=eff.get("index_bytes"))
+  return row
+
+
+def _merge_seeds(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+  """Per-seed rows -> one row whose numbers are per-seed lists."""
+  if len(rows) == 1:
+    return dict(rows[0])
+  out = {}
+  for k in rows[0]:
+    vals = [r.get(k) for r in rows]
+    if all(isinstance(v, (int, float)) for v in vals) and k != "bits":
+      out[k] = [float(v) for v in vals]
+    else:
+      out[k] = vals[0]
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Re-opening trained runs (codes for PR curves, features, gallery)
+# ---------------------------------------------------------------------------
+
+
+class Trained:
+  """A finished run opened read-only: its val-selected model and datasets."""
+
+  def __init__(self, config, workdir: str):
+    from medhash_jax import systems  # pylint: disable=g-import-not-at-top
+    from medhash_jax.train import loop  # pylint: disable=g-import-not-at-top
+    self.config = systems.hash_config(config, workdir)
+    self.run = loop.Run(self.config, workdir, for_training=False)
+    items, self.step = self.run.selected_variables()
+    self.variables = self.run.variables_of(items)
+    self._features_fn = None
+
+  def codes(self, split: str) -> np.ndarray:
+    from medhash_jax.train import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+    codes, _ = eval_lib.encode_split(
+        self.run.encode_fn, self.variables, self.run.ds.eval[split],
+        self.run.mesh, input_keys=self.run.task.input_keys)
+    return codes
+
+  def features(self, split: str) -> np.ndarray:
+    """The model's "features" output (pooled backbone for plain models)."""
+    from medhash_jax.train import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+    task = self.run.task
+    if self._features_fn is None:
+      def fn(variables, inputs):
+        args = [inputs[k] for k in task.input_keys]
+        return task.model.apply(variables, *args, train=False)["features"]
+      self._features_fn = eval_lib.make_encode_fn(fn, self.run.mesh)
+    feats, _ = eval_lib.encode_split(
+        self._features_fn, self.variables, self.run.ds.eval[split],
+        self.run.mesh, input_keys=task.input_keys)
+    return feats
+
+  def close(self):
+    self.run.ds.close()
+    if self.run.ckpt is not None:
+      self.run.ckpt.close()
+
+
+def pixel_features(ds, split: str, max_dim: int = 1024) -> np.ndarray:
+  """Raw eval images, flattened (average-pooled down to <= max_dim values)."""
+  eds = ds.eval[split]
+  out = None
+  for batch in eds:
+    x = np.asarray(batch["image"], np.float32)
+    while x.shape[1] * x.shape[2] * x.shape[3] > max_dim and x.shape[1] >= 2:
+      b, h, w, c = x.shape
+      x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(
+          b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+    x = x.reshape(x.shape[0], -1)
+    if out is None:
+      out = np.zeros((eds.size, x.shape[1]), np.float32)
+    keep = np.asarray(batch["valid"]) & (np.asarray(batch["index"]) >= 0)
+    out[np.asarray(batch["index"])[keep]] = x[keep]
+  return out
+
+
+def shallow_rows(methods: Sequence[str], bits: Sequence[int], feats, labels,
+                 seed: int) -> Dict[tuple, Dict[str, Any]]:
+  """(method, bits) -> row for the shallow methods on fixed features."""
+  from medhash_jax import metrics  # pylint: disable=g-import-not-at-top
+  from medhash_jax import shallow  # pylint: disable=g-import-not-at-top
+  from medhash_jax.retrieval import HammingIndex  # pylint: disable=g-import-not-at-top
+  out = {}
+  for m in methods:
+    mod = shallow.get(m)
+    for k in bits:
+      if k > feats["train"].shape[1] and m in ("pcah", "itq", "ssh"):
+        logging.warning("%s needs num_bits <= feature dim %d; skipping %d bits",
+                        m, feats["train"].shape[1], k)
+        continue
+      t0 = time.perf_counter()
+      params = mod.fit(feats["train"], num_bits=k,
+                       labels=labels["train"] if m in shallow.SUPERVISED
+                       else None, seed=seed)
+      jax.block_until_ready(params)
+      fit_s = time.perf_counter() - t0
+      db = np.asarray(shallow.encode(params, feats["database"]))
+      t0 = time.perf_counter()
+      q = np.asarray(shallow.encode(params, feats["query"]))
+      enc_ms = (time.perf_counter() - t0) * 1e3 / max(len(q), 1)
+      rep = metrics.retrieval_report(q, db, labels["query"], labels["database"],
+                                     ks=KS)
+      index = HammingIndex(k)
+      index.add(db)
+      index.search(q[:8], 10)
+      t0 = time.perf_counter()
+      index.search(q, 10)
+      q_ms = (time.perf_counter() - t0) * 1e3 / max(len(q), 1)
+      row = _metrics_row({kk: float(v) for kk, v in rep.items()
+                          if np.ndim(v) == 0})
+      row.update(train_time_s=fit_s, encode_ms_per_image=enc_ms, query_ms=q_ms,
+                 index_bytes=int(index.nbytes))
+      out[(m, k)] = {"row": row, "codes": (q, db)}
+  return out
+
+
+# ---------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------
+
+
+def _git_commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, check=True,
+                          capture_output=True, text=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def _machine() -> Dict[str, Any]:
+  d = jax.devices()[0]
+  return {"platform": d.platform, "device_kind": d.device_kind,
+          "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
+          "host": platform.platform(), "python": platform.python_version(),
+          "jax": jax.__version__}
+
+
+def run_suite(suite: Suite, output: str, workdir: str, *,
+              methods: Optional[Sequence[str]] = None,
+              bits: Optional[Sequence[int]] = None,
+              seeds: Optional[Sequence[int]] = None,
+              steps: Optional[int] = None, rerun: bool = False,
+              command: str = "") -> Dict[str, Any]:
+  """Runs (or reuses) every run of the suite and writes the reports."""
+  from medhash_jax import metrics  # pylint: disable=g-import-not-at-top
+  from medhash_jax import report  # pylint: disable=g-import-not-at-top
+  from medhash_jax import systems  # pylint: disable=g-import-not-at-top
+  methods = list(methods or suite.methods)
+  bits = [int(b) for b in (bits or suite.bits)]
+  seeds = [int(s) for s in (seeds or suite.seeds)]
+  unknown = [m for m in methods if m not in ALL_DEEP]
+  if unknown:
+    raise ValueError(f"unknown methods {unknown}; known: {list(ALL_DEEP)}")
+  pr_bits = suite.pr_bits if suite.pr_bits in bits else max(bits)
+  os.makedirs(output, exist_ok=True)
+  stage_root = os.path.join(workdir, "_ath_stages")
+  t_suite = time.perf_counter()
+  runs, per_method = [], {}
+  for method in methods:
+    for k in bits:
+      for seed in seeds:
+        cfg = method_config(suite, method, k, seed, stage_root, steps)
+        wd = os.path.join(workdir, run_tag(method), f"b{k}-s{seed}")
+        res_path = os.path.join(wd, "results.json")
+        if os.path.exists(res_path) and not rerun:
+          with open(res_path, encoding="utf-8") as f:
+            results = json.load(f)
+          logging.info("experiments: reusing %s", wd)
+        else:
+          logging.info("experiments: %s, %d bits, seed %d -> %s", method, k,
+                       seed, wd)
+          results = systems.train_and_evaluate(cfg, wd)
+        row = deep_row(results, wd)
+        runs.append({"method": method, "bits": k, "seed": seed, "workdir": wd,
+                     "row": row})
+        per_method.setdefault((method, k), []).append(row)
+
+  # Re-open seed-0 runs at pr_bits: PR curves, gallery, shallow features.
+  curves, gallery_src, feats, labels, opened = {}, None, None, None, []
+  first_seed = seeds[0]
+  source_bits = max(bits)
+  for method in methods:
+    needed = {pr_bits}
+    if method == suite.feature_source:
+      needed.add(source_bits)
+    for k in sorted(needed):
+      cfg = method_config(suite, method, k, first_seed, stage_root, steps)
+      wd = os.path.join(workdir, run_tag(method), f"b{k}-s{first_seed}")
+      tr = Trained(cfg, wd)
+      opened.append(tr)
+      ds = tr.run.ds
+      if k == pr_bits:
+        q, db = tr.codes("query"), tr.codes("database")
+        pr = metrics.pr_curve(q, db, ds.eval["query"].labels,
+                              ds.eval["database"].labels)
+        curves[DISPLAY[method]] = (pr["precision"], pr["recall"])
+        if gallery_src is None or method == "ath":  # ATH has overlays
+          gallery_src = (method, q, db, ds)
+      if method == suite.feature_source and k == source_bits:
+        feats = {s: tr.features(s) for s in ("train", "query", "database")}
+        labels = {s: ds.eval[s].labels for s in ("train", "query", "database")}
+  if suite.feature_source == "pixels" or feats is None:
+    from medhash_jax.systems import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
+    cfg = method_config(suite, methods[0], bits[0], first_seed, stage_root,
+                        steps)
+    ds = classifier_lib.build_plain_datasets(
+        cfg, os.path.join(workdir, "_pixels"), cfg.train.batch_size,
+        cfg.data.image_size)
+    feats = {s: pixel_features(ds, s) for s in ("train", "query", "database")}
+    labels = {s: ds.eval[s].labels for s in ("train", "query", "database")}
+    ds.close()
+    feature_note = "raw pixels"
+  else:
+    feature_note = (f"pooled backbone features of the {DISPLAY[suite.feature_source]}"
+                    f" model ({source_bits} bits, seed {first_seed})")
+  shallow_out = shallow_rows(suite.shallow, bits, feats, labels, first_seed)
+  for (m, k), v in shallow_out.items():
+    per_method[(m, k)] = [v["row"]]
+    runs.append({"method": m, "bits": k, "seed": first_seed, "row": v["row"],
+                 "features": feature_note})
+    if k == pr_bits:
+      q, db = v["codes"]
+      pr = metrics.pr_curve(q, db, labels["query"], labels["database"])
+      curves[DISPLAY[m]] = (pr["precision"], pr["recall"])
+
+  # Table rows: method order, then bits.
+  rows = []
+  for m in methods + [s for s in suite.shallow]:
+    for k in bits:
+      if (m, k) in per_method:
+        r = _merge_seeds(per_method[(m, k)])
+        r.update(method=DISPLAY[m], bits=k)
+        rows.append(r)
+  info = {
+      "suite": suite.name, "description": suite.description,
+      "command": command, "commit": _git_commit(), "machine": _machine(),
+      "seeds": seeds, "bits": bits, "methods": methods,
+      "shallow": list(suite.shallow), "shallow_features": feature_note,
+      "steps_override": steps, "suite_seconds": time.perf_counter() - t_suite,
+      "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+  }
+  preamble = "\n".join([
+      f"# {suite.name}: {suite.description}", "",
+      f"- command: `{command}`", f"- commit: `{info['commit']}`",
+      f"- machine: {info['machine']['device_kind']} x "
+      f"{info['machine']['device_count']} ({info['machine']['platform']}), "
+      f"{info['machine']['cpu_count']} CPUs",
+      f"- seeds: {seeds} (numbers with ± are mean ± std over seeds)",
+      f"- test protocol: query vs database; model selected on val vs train",
+      f"- shallow methods on {feature_note}",
+      "- chance: expected mAP of a random ranking (mAP@10 and mAP@all)",
+      "- train time: ATH-GradCAM's includes its classifier and Grad-CAM masks"
+      " (shared between its code lengths); shallow methods: the fit"])
+  md, csv = report.write_tables(rows, os.path.join(output, "results"),
+                                columns=COLUMNS, preamble=preamble)
+  outputs = {"markdown": md, "csv": csv}
+  if curves:
+    # One plot holds at most the palette's number of curves: more go to
+    # pr_curves_<K>bits_2.png, ...
+    names, per = list(curves), len(report.curves.PALETTE)
+    for i in range(0, len(names), per):
+      part = "" if i == 0 else f"_{i // per + 1}"
+      path = os.path.join(output, f"pr_curves_{pr_bits}bits{part}.png")
+      outputs["pr_curves" + part] = path
+      report.plot_pr_curves(
+          {n: curves[n] for n in names[i:i + per]}, path,
+          title=f"{suite.name}: precision-recall, {pr_bits} bits")
+  if gallery_src is not None:
+    outputs["gallery"] = os.path.join(output, "gallery.png")
+    write_gallery(outputs["gallery"], *gallery_src, workdir=workdir,
+                  seed=first_seed, bits=pr_bits, n=suite.gallery_queries)
+  for tr in opened:
+    tr.close()
+  info["outputs"] = outputs
+  info["runs"] = runs
+  with open(os.path.join(output, "runs.json"), "w", encoding="utf-8") as f:
+    json.dump(info, f, indent=2, default=str)
+  logging.info("experiments: wrote %s", ", ".join(outputs.values()))
+  return info
+
+
+def write_gallery(path: str, method: str, q_codes, db_codes, ds, *,
+                  workdir: str, seed: int, bits: int, n: int = 4, k: int = 10):
+  """Top-k of the first n queries; ATH's Grad-CAM overlay when it exists."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from medhash_jax import report  # pylint: disable=g-import-not-at-top
+  from medhash_jax.data import mask_crop  # pylint: disable=g-import-not-at-top
+  from medhash_jax.retrieval import HammingIndex  # pylint: disable=g-import-not-at-top
+  q_ds, db_ds = ds.eval["query"], ds.eval["database"]
+  n = min(n, q_ds.size)
+  k = min(k, db_ds.size)
+  index = HammingIndex(q_codes.shape[1])
+  index.add(db_codes)
+  dist, ids = index.search(q_codes[:n], k)
+  names = np.asarray(ds.class_names)
+  caption = lambda lab: [str(names[i]) for i in np.flatnonzero(lab > 0.5)]
+  q_img = [q_ds.loader.example(i, None)["image"] for i in range(n)]
+  r_img = [[db_ds.loader.example(int(j), None)["image"] for j in row]
+           for row in ids]
+  q_lab, db_lab = q_ds.labels, db_ds.labels
+  relevant = (q_lab[:n] @ db_lab.T > 0)[np.arange(n)[:, None], ids]
+  overlays = None
+  ov_dir = os.path.join(workdir, "ath", f"b{bits}-s{seed}", "gradcam", "overlay")
+  if os.path.isdir(ov_dir):
+    files = [os.path.join(ov_dir, mask_crop.mask_key(str(i)) + ".png")
+             for i in q_ds.ids[:n]]
+    if all(os.path.exists(f) for f in files):
+      overlays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+  report.save_gallery(path, q_img, r_img, relevant, distances=dist,
+                      query_labels=[caption(l) for l in q_lab[:n]],
+                      result_labels=[[caption(db_lab[j]) for j in row]
+                                     for row in ids],
+                      overlays=overlays)
+  del method
+
+

@@ -1,0 +1,195 @@
+"""Experiment suites: which methods, code lengths, seeds and settings make
+one results table, and the config of each run (`method_config`)."""
+
+import dataclasses
+import importlib
+import os
+import sys
+from typing import Any, Dict, Optional, Sequence
+
+import ml_collections
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+DISPLAY = {
+    "dpsh": "DPSH", "hashnet": "HashNet", "dsh": "DSH", "dch": "DCH",
+    "dfh": "DFH", "dpn": "DPN", "isdh": "ISDH", "dtsh": "DTSH",
+    "lcdsh": "LCDSH", "csq": "CSQ", "mth": "MTH", "sa_hash": "SA-Hash",
+    "ath": "ATH-GradCAM", "ath:no_attention": "ATH -A", "ath:se": "ATH -A+SE",
+    "ath:cbam": "ATH -A+CBAM", "lsh": "LSH", "pcah": "PCAH", "itq": "ITQ",
+    "ssh": "SSH",
+}
+BASELINES = ("dpsh", "hashnet", "dsh", "dch", "dfh", "dpn", "isdh", "dtsh",
+             "lcdsh", "csq")
+SYSTEMS = ("mth", "sa_hash", "ath")
+ABLATIONS = ("ath:no_attention", "ath:se", "ath:cbam")
+SHALLOW = ("lsh", "pcah", "itq", "ssh")
+KS = (10, 100, None)
+COLUMNS = ("method", "bits", "map@10", "map@all", "ndcg@100", "ndcg@all",
+           "p@r2", "map@10_tie", "chance", "chance_map@all", "train_time_s",
+           "encode_ms_per_image", "query_ms", "index_bytes")
+
+
+@dataclasses.dataclass
+class Suite:
+  """One table: methods x bits x seeds on one dataset setting.
+
+  Attributes:
+    variant: the config variant every method starts from ("smoke" = tiny
+      models at 28 px; "" = the paper-scale configs).
+    overrides: dotted config keys set on every method; keys under a section
+      a method lacks (e.g. "ath.*") are skipped for it.
+    method_overrides: method -> dotted keys (e.g. model.kwargs.width).
+    feature_source: the deep method whose backbone features feed the shallow
+      methods (its run at the largest code length), or "pixels".
+    pr_bits: code length of the PR plot and gallery (default: the largest).
+  """
+  name: str
+  description: str
+  methods: Sequence[str]
+  bits: Sequence[int] = (16, 32, 48, 64)
+  seeds: Sequence[int] = (0,)
+  variant: str = "smoke"
+  overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  method_overrides: Dict[str, Dict[str, Any]] = dataclasses.field(
+      default_factory=dict)
+  shallow: Sequence[str] = SHALLOW
+  feature_source: str = "dpsh"
+  pr_bits: Optional[int] = None
+  gallery_queries: int = 4
+
+
+ALL_DEEP = BASELINES + SYSTEMS + ABLATIONS
+
+_SMALL_MODELS = {  # wider than smoke's width 8, still CPU-sized
+    **{m: {"model.kwargs.width": 16} for m in BASELINES + ABLATIONS},
+    "sa_hash": {"model.kwargs.width": 16},
+    "ath": {"model.kwargs.width": 16},
+}
+
+
+def _mnist_suite(name, dataset, description):
+  return Suite(
+      name=name, description=description, methods=ALL_DEEP,
+      seeds=(0, 1, 2),
+      overrides={"data.name": dataset, "data.split": "official",
+                 "train.num_steps": 600, "train.eval_every_steps": 200,
+                 "train.checkpoint_every_steps": 200,
+                 "ath.classifier.num_steps": 300},
+      method_overrides=_SMALL_MODELS)
+
+
+def _folder_suite(name, dataset, description, image_size=64):
+  # 64 px: the standard /4 stem (the smoke variant's small-input stem would
+  # run the first stage at full resolution).
+  standard_stem = {m: {**_SMALL_MODELS.get(m, {}),
+                       "model.kwargs.small_input": False} for m in ALL_DEEP}
+  return Suite(
+      name=name, description=description, methods=ALL_DEEP, seeds=(0, 1, 2),
+      overrides={"data.name": dataset, "data.split": "seed",
+                 "data.image_size": image_size, "data.channels": 3,
+                 "data.normalize": "imagenet", "data.augment.rotate_degrees": 10.0,
+                 "train.num_steps": 1500, "train.eval_every_steps": 500,
+                 "train.checkpoint_every_steps": 500,
+                 "eval.select_metric": "map@100",
+                 "ath.classifier.num_steps": 600,
+                 "ath.classifier.kwargs.small_input": False},
+      method_overrides=standard_stem)
+
+
+SUITES: Dict[str, Suite] = {
+    "smoke": Suite(
+        name="smoke",
+        description="CI check of the whole table machinery: BreastMNIST 28 px, "
+        "tiny models, a few steps; the numbers mean nothing.",
+        methods=("dpsh", "mth", "sa_hash", "ath"), bits=(16, 32),
+        overrides={"train.num_steps": 10, "train.eval_every_steps": 0,
+                   "train.checkpoint_every_steps": 10,
+                   "train.log_every_steps": 5,
+                   "ath.classifier.num_steps": 10,
+                   "ath.cam.num_overlays": 4},
+        shallow=SHALLOW),
+    "breastmnist": _mnist_suite(
+        "breastmnist", "breastmnist",
+        "BreastMNIST (official split, 28 px), every method, 3 seeds."),
+    "pneumoniamnist": _mnist_suite(
+        "pneumoniamnist", "pneumoniamnist",
+        "PneumoniaMNIST (official split, 28 px), every method, 3 seeds."),
+    "ham10000": _folder_suite(
+        "ham10000", "ham10000",
+        "HAM10000 (lesion-grouped seed split 1:3:3, 64 px), 3 seeds."),
+    "covid19": _folder_suite(
+        "covid19", "covid19_radiography",
+        "COVID-19 Radiography (seed split 1:3:3, per image, 64 px), 3 seeds."),
+    "paper_gpu": Suite(
+        name="paper_gpu",
+        description="Paper scale for a GPU: ResNet-50 / DenseNet-121 at 224 "
+        "px on COVID-19 Radiography, the largest staged set.",
+        methods=ALL_DEEP, seeds=(0,), variant="",
+        overrides={"data.name": "covid19_radiography", "data.split": "seed",
+                   "data.image_size": 224, "train.num_steps": 3000,
+                   "train.eval_every_steps": 1000,
+                   "train.checkpoint_every_steps": 1000,
+                   "ath.classifier.num_steps": 2000},
+        method_overrides={"mth": {"model.kwargs.small_input": False}}),
+}
+
+
+# ---------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------
+
+
+def _set(c: ml_collections.ConfigDict, key: str, value, *, strict: bool):
+  node = c
+  *path, last = key.split(".")
+  for p in path:
+    if p not in node:
+      if strict:
+        raise KeyError(f"override {key}: the config has no {p!r}")
+      return
+    node = node[p]
+  if last not in node and not (path and path[-1] == "kwargs") and strict:
+    raise KeyError(f"override {key}: the config has no {last!r}")
+  node[last] = value
+
+
+def method_config(suite: Suite, method: str, bits: int, seed: int,
+                  stage_root: str, steps: Optional[int] = None
+                  ) -> ml_collections.ConfigDict:
+  """configs/<method>.py (suite variant) + the suite's overrides, locked."""
+  if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+  name, _, ablation = method.partition(":")
+  module = importlib.import_module(f"configs.{name}")
+  arg = ",".join(t for t in (ablation, suite.variant) if t)
+  c = ml_collections.ConfigDict(module.get_config(arg or None).to_dict())
+  for k, v in suite.overrides.items():
+    _set(c, k, v, strict=k.split(".")[0] in c)
+  for k, v in suite.method_overrides.get(method, {}).items():
+    _set(c, k, v, strict=True)
+  if steps:
+    c.train.num_steps = int(steps)
+    if "ath" in c:
+      c.ath.classifier.num_steps = int(steps)
+  from configs import common  # pylint: disable=g-import-not-at-top
+  if not c.data.root:
+    c.data.root = common.staged_data_root()
+  c.num_bits = int(bits)
+  c.seed = int(seed)
+  c.eval.ks = KS
+  if c.eval.select_metric.split("@")[-1] not in ("10", "100", "all"):
+    c.eval.select_metric = "map@100"
+  if "ath" in c:
+    c.ath.stage_dir = os.path.join(stage_root, f"seed{seed}")
+  if "multi_label" in c.loss.kwargs:  # follow the suite's dataset
+    c.loss.kwargs.multi_label = common.is_multi_label(c.data.name)
+  c.lock()
+  return c
+
+
+def run_tag(method: str) -> str:
+  return method.replace(":", "-")
+
+

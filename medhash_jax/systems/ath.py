@@ -1,0 +1,375 @@
+"""ATH-GradCAM end to end (Zhu et al. 2022): classifier -> masks -> hashing.
+
+    stage 1  DenseNet-121 classifier (sigmoid BCE / softmax CE, Adam 1e-4)
+             -> {stage_dir}/classifier/checkpoints
+    stage 2  Grad-CAM (jax.vjp) of the classifier on every split, Otsu (jnp)
+             -> binary masks, one cache per class mode and split:
+                {stage_dir}/masks/{true|predicted}/{split}.npy (+ .ids.json)
+             -> the data layer's mask folder {stage_dir}/masks/local_view/
+             -> Grad-CAM overlays of a sample of queries {workdir}/gradcam/
+    stage 3  the two-branch hash network on (x, x') with the `ath` loss:
+             `train.train_and_evaluate` on the config without its `ath`
+             section and with data.mask_dir = the local-view folder.
+
+`stage_dir` is the workdir unless `ath.stage_dir` names another folder
+(the experiment suites share one classifier and its masks between the runs of
+different code lengths).
+
+Reuse: a finished classifier checkpoint is reused (an interrupted one
+resumes), a mask cache whose ids, classifier step, class mode and image size
+match is reused (a mismatch raises: delete the folder to recompute), and stage
+3 resumes from the workdir's checkpoints like any run.
+
+Class modes (`ath.cam.modes`): Grad-CAM weights the classes of the true labels
+on the splits the model learns from and searches in (train, database) and the
+predicted classes on the splits that play the query (val, query), as at test
+time the query's labels are unknown.
+
+One record, one mask file: the data layer reads `<mask_dir>/<id>.png` for
+every split, so a record present in two splits with different class modes
+(e.g. val and database under the "deephash" protocol, where val is carved
+from a train drawn from the database) can have only one mask. The local-view
+folder is therefore assembled with a fixed priority, query > database > train
+> val, which keeps the reported test protocol exact (queries never overlap the
+other splits; the database gets its own mode) and at worst gives a few
+model-selection (val) queries a true-label mask; the number of such records
+is logged and recorded in the manifest.
+"""
+
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable, Dict, Optional
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from medhash_jax import cam
+from medhash_jax.data import mask_crop
+from medhash_jax.systems import classifier as classifier_lib
+from medhash_jax.train import mesh as mesh_lib
+
+SECTION = "ath"
+SPLITS = ("train", "val", "query", "database")
+# Highest priority last: later splits overwrite a shared record's mask.
+MASK_PRIORITY = ("val", "train", "database", "query")
+LOCAL_VIEW_DIR = "local_view"
+MANIFEST = "manifest.json"
+STAGES_FILE = "ath_stages.json"
+
+
+def default_section() -> ml_collections.ConfigDict:
+  """The `ath` section of a config (configs/ath.py overrides it)."""
+  return ml_collections.ConfigDict(dict(
+      stage_dir="",   # "" = the workdir; else a folder shared between runs
+      classifier=dict(
+          model="densenet121_classifier",
+          kwargs=dict(small_input=False),
+          image_size=0,          # 0 = data.image_size
+          num_steps=2000,
+          batch_size=32,
+          optimizer="adam", learning_rate=1e-4, b1=0.9, b2=0.999, eps=1e-8,
+          momentum=0.9, weight_decay=0.0, schedule="constant",
+          log_every_steps=50, checkpoint_every_steps=500),
+      cam=dict(
+          modes=dict(train="true", val="predicted", query="predicted",
+                     database="true"),
+          num_overlays=16),
+  ))
+
+
+def is_ath(config) -> bool:
+  return SECTION in config
+
+
+def stage_dir(config, workdir: str) -> str:
+  return os.path.abspath(config[SECTION].stage_dir or workdir)
+
+
+def local_view_dir(config, workdir: str) -> str:
+  return os.path.join(stage_dir(config, workdir), "masks", LOCAL_VIEW_DIR)
+
+
+def hash_config(config, workdir: str, *,
+                multi_label: Optional[bool] = None
+                ) -> ml_collections.ConfigDict:
+  """Stage 3's config: `config` without the `ath` section, reading the local
+  views from the stage-2 folder; a locked copy.
+
+  Args:
+    multi_label: the dataset's kind, when known, written into the loss's
+      `multi_label` hyper-parameter (BCE for multi-label data, softmax CE
+      otherwise) if the loss has one.
+  """
+  d = config.to_dict()
+  d.pop(SECTION, None)
+  c = ml_collections.ConfigDict(d)
+  c.data.mask_dir = local_view_dir(config, workdir)
+  c.data.resize_masks = True   # masks are at the classifier's input size
+  if multi_label is not None and "multi_label" in c.loss.kwargs:
+    if bool(c.loss.kwargs.multi_label) != bool(multi_label):
+      logging.info("ath: loss.kwargs.multi_label=%s to match the dataset",
+                   bool(multi_label))
+    c.loss.kwargs.multi_label = bool(multi_label)
+  c.lock()
+  return c
+
+
+# ---------------------------------------------------------------------------
+# Stage 2: masks
+# ---------------------------------------------------------------------------
+
+
+def _check_meta(root: str, split: str, meta: Dict[str, Any]):
+  path = cam.masks.ids_path(root, split)
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    stored = json.load(f).get("meta", {})
+  diff = {k: (stored.get(k), v) for k, v in meta.items() if stored.get(k) != v}
+  if diff:
+    raise cam.MaskCacheError(
+        f"{path}: masks made under other settings {diff} (stored, now); "
+        f"delete {root} to recompute them")
+
+
+def make_masks(get_clf: Callable[[], classifier_lib.Classifier], ds,
+               classifier_step: int, modes: Dict[str, str], root: str
+               ) -> Dict[str, Dict[str, Any]]:
+  """Grad-CAM + Otsu masks of every split (cached); returns per-split info.
+
+  `get_clf()` builds (or restores) the classifier; it is only called when a
+  split's masks have to be computed.
+  """
+  cam_fns = {}
+
+  def compute(split, mode):
+    clf = get_clf()
+    if mode not in cam_fns:
+      cam_fns[mode] = cam.make_cam_fn(
+          clf.model, clf.variables, mode=mode, multi_label=ds.multi_label,
+          apply_kwargs={"train": False})
+    eds = ds.eval[split]
+    return cam.compute_masks(
+        cam_fns[mode], eds, num_examples=eds.size,
+        put_fn=lambda x: mesh_lib.shard_batch(np.asarray(x), clf.mesh))
+
+  info = {}
+  for split in SPLITS:
+    mode = modes[split]
+    if mode not in cam.CLASS_MODES:
+      raise ValueError(f"ath.cam.modes.{split}={mode!r}; expected one of "
+                       f"{cam.CLASS_MODES}")
+    eval_ds = ds.eval[split]
+    mode_root = os.path.join(root, mode)
+    meta = {"mode": mode, "classifier_step": int(classifier_step),
+            "image_size": int(ds.image_size)}
+    _check_meta(mode_root, split, meta)
+    t0 = time.perf_counter()
+    masks, reused = cam.ensure_masks(
+        mode_root, split, eval_ds.ids,
+        lambda split=split, mode=mode: compute(split, mode), meta=meta)
+    seconds = time.perf_counter() - t0
+    timing = os.path.join(mode_root, f"{split}.timing.json")
+    if not reused and jax.process_index() == 0:
+      with open(timing, "w", encoding="utf-8") as f:
+        json.dump({"compute_seconds": seconds}, f)
+    compute_seconds = seconds
+    if reused and os.path.exists(timing):
+      with open(timing, encoding="utf-8") as f:
+        compute_seconds = float(json.load(f)["compute_seconds"])
+    info[split] = {"mode": mode, "count": int(eval_ds.size), "reused": reused,
+                   "seconds": seconds, "compute_seconds": compute_seconds,
+                   "empty": int(np.sum(~masks.reshape(len(masks), -1).any(1))),
+                   "foreground": float(masks.mean()) if masks.size else 0.0}
+    logging.info("ath masks %s (%s labels): %d, %s in %.1f s, %d empty, "
+                 "%.1f%% foreground", split, mode, eval_ds.size,
+                 "reused" if reused else "computed", info[split]["seconds"],
+                 info[split]["empty"], 100 * info[split]["foreground"])
+  return info
+
+
+def assemble_local_view_dir(root: str, ds, modes: Dict[str, str],
+                            out_dir: str, meta: Dict[str, Any]
+                            ) -> Dict[str, Any]:
+  """Per-record PNGs for the data layer, one per record id (see the module
+  docstring for the priority rule); skipped when the manifest matches."""
+  manifest_path = os.path.join(out_dir, MANIFEST)
+  want = {"modes": dict(modes), **meta}
+  if os.path.exists(manifest_path):
+    with open(manifest_path, encoding="utf-8") as f:
+      have = json.load(f)
+    if {k: have.get(k) for k in want} == want:
+      return have
+    logging.info("ath: local-view masks made under other settings; rebuilding "
+                 "%s", out_dir)
+  if os.path.exists(out_dir):  # stale, or interrupted before its manifest
+    shutil.rmtree(out_dir)
+  chosen: Dict[str, Any] = {}
+  origin: Dict[str, str] = {}
+  conflicts = 0
+  for split in MASK_PRIORITY:
+    masks = cam.load_masks(os.path.join(root, modes[split]), split,
+                           ds.eval[split].ids)
+    for rid, m in zip(ds.eval[split].ids, masks):
+      rid = str(rid)
+      if rid in origin and modes[origin[rid]] != modes[split]:
+        conflicts += 1
+      chosen[rid] = m
+      origin[rid] = split
+  if conflicts:
+    logging.warning(
+        "ath: %d records sit in splits with different Grad-CAM class modes "
+        "(%s); each keeps the mask of its highest-priority split (query > "
+        "database > train > val)", conflicts, modes)
+  ids = sorted(chosen)
+  tmp = out_dir + ".tmp"
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  cam.export_png_dir(tmp, ids, np.stack([chosen[i] for i in ids]))
+  os.replace(tmp, out_dir)
+  doc = dict(want, count=len(ids), mode_conflicts=conflicts)
+  with open(manifest_path, "w", encoding="utf-8") as f:
+    json.dump(doc, f, indent=2)
+  return doc
+
+
+def overlay_names(ds, n: int) -> list:
+  return [mask_crop.mask_key(str(i)) for i in ds.eval["query"].ids[:n]]
+
+
+def write_query_overlays(clf: classifier_lib.Classifier, mode: str,
+                         masks_root: str, out_dir: str, n: int) -> list:
+  """Grad-CAM overlays (heat map + Otsu outline) of the first n queries:
+  `{out_dir}/{id}.png` = [image | overlay], `{out_dir}/overlay/{id}.png` =
+  the overlay alone (what the retrieval gallery shows)."""
+  q = clf.ds.eval["query"]
+  n = min(int(n), q.size)
+  if n <= 0:
+    return []
+  examples = [q.loader.example(i, None) for i in range(n)]
+  images = np.stack([e["image"] for e in examples])
+  labels = np.stack([e["labels"] for e in examples])
+  cam_fn = cam.make_cam_fn(clf.model, clf.variables, mode=mode,
+                           multi_label=clf.ds.multi_label,
+                           apply_kwargs={"train": False})
+  heat = np.asarray(cam_fn(images, labels if mode == "true" else None))
+  masks = cam.load_masks(os.path.join(masks_root, mode), "query")[:n]
+  names = overlay_names(clf.ds, n)
+  paths = cam.write_overlays(out_dir, images, heat, masks, names)
+  cam.write_overlays(os.path.join(out_dir, "overlay"), images, heat, masks,
+                     names, side_by_side=False)
+  return paths
+
+
+# ---------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------
+
+
+def prepare(config, workdir: str) -> Dict[str, Any]:
+  """Stages 1 and 2 (each reused when done); returns what stage 3 needs.
+
+  The classifier is only rebuilt when something must be computed with it:
+  with a finished checkpoint, valid mask caches and existing overlays, the
+  stages cost a data-set build and a few file checks.
+  """
+  sec = config[SECTION]
+  cls_cfg = sec.classifier
+  sdir = stage_dir(config, workdir)
+  os.makedirs(sdir, exist_ok=True)
+  cls_dir = os.path.join(sdir, "classifier")
+  t0 = time.perf_counter()
+  # The split is made once, in the stage folder, and shared by every stage
+  # and every run that shares the stage folder.
+  ds = classifier_lib.build_plain_datasets(
+      config, sdir, int(cls_cfg.batch_size),
+      int(cls_cfg.image_size or config.data.image_size))
+  clf = None
+
+  def get_clf():
+    nonlocal clf
+    if clf is None:
+      clf = classifier_lib.train_classifier(config, cls_cfg, sdir, cls_dir,
+                                            ds=ds)
+    return clf
+
+  step = classifier_lib.finished_step(config, cls_cfg, ds, cls_dir)
+  if step is None:
+    step = get_clf().step
+  t1 = time.perf_counter()
+  modes = dict(sec.cam.modes.to_dict())
+  missing = [s for s in SPLITS if s not in modes]
+  if missing:
+    raise ValueError(f"ath.cam.modes lacks {missing}")
+  masks_root = os.path.join(sdir, "masks")
+  info = make_masks(get_clf, ds, step, modes, masks_root)
+  manifest = assemble_local_view_dir(
+      masks_root, ds, modes, local_view_dir(config, workdir),
+      {"classifier_step": int(step), "image_size": int(ds.image_size)})
+  n_over = min(int(sec.cam.num_overlays), ds.eval["query"].size)
+  over_dir = os.path.join(workdir, "gradcam")
+  if not all(os.path.exists(os.path.join(over_dir, "overlay", name + ".png"))
+             for name in overlay_names(ds, n_over)):
+    write_query_overlays(get_clf(), modes["query"], masks_root, over_dir,
+                         n_over)
+  t2 = time.perf_counter()
+  metrics = clf.metrics if clf is not None else classifier_lib.load_metrics(
+      cls_dir)
+  multi_label = bool(ds.multi_label)
+  ds.close()
+  return {"classifier": metrics, "classifier_seconds": t1 - t0,
+          "classifier_reused": clf is None or bool(metrics.get("reused")),
+          "masks": info, "mask_seconds": t2 - t1,
+          "local_view": {k: manifest.get(k) for k in
+                         ("count", "mode_conflicts")},
+          "overlays": n_over, "multi_label": multi_label,
+          "stage_dir": sdir}
+
+
+def train_and_evaluate(config, workdir: str, **kwargs) -> Dict[str, Any]:
+  """All three stages; returns stage 3's results plus a "stages" entry
+  (also written to `{workdir}/ath_stages.json`)."""
+  from medhash_jax import train  # pylint: disable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  stages = prepare(config, workdir)
+  cfg3 = hash_config(config, workdir, multi_label=stages["multi_label"])
+  if stage_dir(config, workdir) != os.path.abspath(workdir):
+    _share_split(stage_dir(config, workdir), workdir)
+  results = train.train_and_evaluate(cfg3, workdir, **kwargs)
+  # Training time of the system = classifier training + mask computation +
+  # hash training, each as first measured (a reused stage costs ~0 now).
+  stages["hash_seconds"] = results["train"]["seconds"]
+  stages_path = os.path.join(workdir, STAGES_FILE)
+  finished = f"workdir checkpoint step {int(cfg3.train.num_steps)}"
+  if results["train"].get("resumed_from") == finished and os.path.exists(
+      stages_path):  # nothing was trained now: keep the first measurement
+    with open(stages_path, encoding="utf-8") as f:
+      stages["hash_seconds"] = json.load(f).get("hash_seconds",
+                                                stages["hash_seconds"])
+  stages["total_train_seconds"] = (
+      float(stages["classifier"].get("seconds") or 0.0) +
+      sum(m["compute_seconds"] for m in stages["masks"].values()) +
+      float(stages["hash_seconds"] or 0.0))
+  if jax.process_index() == 0:
+    with open(stages_path, "w", encoding="utf-8") as f:
+      json.dump(stages, f, indent=2, default=str)
+  results = dict(results)
+  results["stages"] = stages
+  return results
+
+
+def _share_split(src_dir: str, workdir: str):
+  """Copies the stage folder's split files into the workdir, so stage 3 uses
+  the very split its masks were made for (the data layer re-checks it)."""
+  src = os.path.join(src_dir, "splits")
+  dst = os.path.join(workdir, "splits")
+  if not os.path.isdir(src):
+    return
+  os.makedirs(dst, exist_ok=True)
+  for name in os.listdir(src):
+    if not os.path.exists(os.path.join(dst, name)):
+      shutil.copy2(os.path.join(src, name), os.path.join(dst, name))

@@ -1,0 +1,245 @@
+"""ATH's three-stage pipeline and the experiment suite, end to end on real
+staged data (BreastMNIST 28 px, tiny models), plus the system configs.
+
+One module-scoped run of the `smoke` suite restricted to DPSH and ATH at 16
+bits trains: the DPSH run, then ATH's classifier -> Grad-CAM masks -> the
+two-branch hash network; then the shallow methods on DPSH's backbone
+features, the table, PR curves and gallery. The other tests inspect it.
+"""
+
+import dataclasses
+import importlib
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from medhash_jax import cam
+from medhash_jax import experiments
+from medhash_jax import models
+from medhash_jax import systems
+from medhash_jax.systems import ath as ath_lib
+from medhash_jax.systems import classifier as classifier_lib
+from medhash_jax.train import checkpoint as ckpt_lib
+from medhash_jax.train import validation
+
+STEPS = 6
+CONFIGS = {
+    "ath": ("", "smoke", "no_attention", "se", "cbam", "se,smoke",
+            "no_attention,smoke", "cbam,smoke"),
+    "mth": ("", "smoke"), "sa_hash": ("", "smoke"),
+    **{m: ("", "smoke") for m in ("dsh", "dch", "dfh", "dpn", "isdh", "dtsh",
+                                  "lcdsh", "csq", "dpsh", "hashnet")},
+}
+
+
+@pytest.fixture(scope="module")
+def suite_run(data_dir, tmp_path_factory):
+  root = tmp_path_factory.mktemp("suite")
+  base = experiments.SUITES["smoke"]
+  suite = dataclasses.replace(
+      base, overrides={**base.overrides, "data.root": data_dir})
+  info = experiments.run_suite(
+      suite, str(root / "out"), str(root / "runs"), methods=["dpsh", "ath"],
+      bits=[16], steps=STEPS, command="pytest")
+  return {"info": info, "suite": suite, "root": root}
+
+
+def _ath_workdir(run):
+  return str(run["root"] / "runs" / "ath" / "b16-s0")
+
+
+def _ath_config(run):
+  return experiments.method_config(
+      run["suite"], "ath", 16, 0, str(run["root"] / "runs" / "_ath_stages"),
+      STEPS)
+
+
+def test_ath_stages_leave_their_artifacts(suite_run):
+  wd = _ath_workdir(suite_run)
+  cfg = _ath_config(suite_run)
+  sdir = ath_lib.stage_dir(cfg, wd)
+  assert sdir.endswith("seed0") and sdir != os.path.abspath(wd)
+  # Stage 1: a finished classifier checkpoint and its val accuracy.
+  with open(os.path.join(sdir, "classifier", "classifier.json")) as f:
+    clf = json.load(f)
+  assert clf["step"] == STEPS and 0.0 <= clf["val"]["accuracy"] <= 1.0
+  # Stage 2: one mask cache per split under its class mode.
+  modes = cfg.ath.cam.modes
+  sizes = {}
+  for split in ath_lib.SPLITS:
+    with open(cam.masks.ids_path(os.path.join(sdir, "masks", modes[split]),
+                                 split)) as f:
+      doc = json.load(f)
+    assert doc["meta"] == {"mode": modes[split], "classifier_step": STEPS,
+                           "image_size": 28}
+    sizes[split] = doc["count"]
+  assert modes["train"] == modes["database"] == "true"
+  assert modes["val"] == modes["query"] == "predicted"
+  local = ath_lib.local_view_dir(cfg, wd)
+  with open(os.path.join(local, ath_lib.MANIFEST)) as f:
+    manifest = json.load(f)
+  pngs = [n for n in os.listdir(local) if n.endswith(".png")]
+  # Official split: database == train, so 546 + 78 + 156 distinct records.
+  assert manifest["count"] == len(pngs) == sizes["train"] + sizes["val"] + \
+      sizes["query"]
+  assert manifest["mode_conflicts"] == 0
+  overlays = os.listdir(os.path.join(wd, "gradcam", "overlay"))
+  assert len(overlays) == cfg.ath.cam.num_overlays
+  # Stage 3: a two-view run of the two-branch model reading those masks.
+  with open(os.path.join(wd, "checkpoints", "config.json")) as f:
+    saved = json.load(f)
+  assert "ath" not in saved
+  assert saved["model"]["name"] == "ath_two_branch"
+  assert saved["data"]["mask_dir"] == local and saved["data"]["resize_masks"]
+  assert saved["loss"]["kwargs"]["multi_label"] is False   # BreastMNIST
+  with open(os.path.join(wd, "results.json")) as f:
+    results = json.load(f)
+  assert results["train"]["steps"] == STEPS
+  assert 0.0 <= results["metrics"]["test"]["map@10"] <= 1.0
+  with open(os.path.join(wd, ath_lib.STAGES_FILE)) as f:
+    stages = json.load(f)
+  assert stages["total_train_seconds"] >= results["train"]["seconds"] > 0
+
+
+def test_ath_rerun_reuses_every_stage(suite_run):
+  wd = _ath_workdir(suite_run)
+  cfg = _ath_config(suite_run)
+  ckpt_dir = os.path.join(ath_lib.stage_dir(cfg, wd), "classifier",
+                          "checkpoints", str(STEPS))
+  before = os.path.getmtime(ckpt_dir)
+  with open(os.path.join(wd, ath_lib.STAGES_FILE)) as f:
+    first = json.load(f)
+  results = systems.train_and_evaluate(cfg, wd)
+  stages = results["stages"]
+  # The system's training time stays the first measurement.
+  assert stages["hash_seconds"] == first["hash_seconds"]
+  assert stages["total_train_seconds"] == pytest.approx(
+      first["total_train_seconds"])
+  assert stages["classifier_reused"]
+  assert all(m["reused"] for m in stages["masks"].values())
+  assert results["train"]["resumed_from"].startswith("workdir checkpoint")
+  assert os.path.getmtime(ckpt_dir) == before
+  # The stored stage-3 config evaluates and validates on its own.
+  cfg3 = systems.hash_config(cfg, wd)
+  validation.validate_config(cfg3)
+  assert cfg3.data.mask_dir == ath_lib.local_view_dir(cfg, wd)
+
+
+def test_classifier_of_another_config_is_refused(suite_run):
+  cfg = _ath_config(suite_run)
+  wd = _ath_workdir(suite_run)
+  sdir = ath_lib.stage_dir(cfg, wd)
+  cls = ml_collections.ConfigDict(cfg.ath.classifier.to_dict())
+  cls.kwargs.growth_rate = 8
+  ds = classifier_lib.build_plain_datasets(cfg, sdir, 32, 28)
+  try:
+    with pytest.raises(ckpt_lib.ConfigMismatchError, match="growth_rate"):
+      classifier_lib.finished_step(cfg, cls, ds,
+                                   os.path.join(sdir, "classifier"))
+  finally:
+    ds.close()
+
+
+def test_suite_writes_table_curves_and_gallery(suite_run):
+  info = suite_run["info"]
+  out = info["outputs"]
+  for key in ("markdown", "csv", "pr_curves", "gallery"):
+    assert os.path.getsize(out[key]) > 0, key
+  with open(out["markdown"]) as f:
+    md = f.read()
+  for name in ("DPSH", "ATH-GradCAM", "LSH", "PCAH", "ITQ", "SSH"):
+    assert f"| {name} | 16 |" in md, name
+  assert "commit:" in md and "seeds: [0]" in md
+  with open(out["csv"]) as f:
+    header = f.readline().strip().split(",")
+  for col in ("method", "bits", "map@10", "map@all", "ndcg@100", "ndcg@all",
+              "p@r2", "map@10_tie", "chance", "train_time_s",
+              "encode_ms_per_image", "query_ms", "index_bytes"):
+    assert col in header, col
+  runs = {(r["method"], r["bits"]): r["row"] for r in info["runs"]}
+  ath_row = runs[("ath", 16)]
+  assert ath_row["train_time_s"] > 0 and ath_row["index_bytes"] == 546 * 4
+  for row in runs.values():
+    assert 0.0 <= row["map@10"] <= 1.0 and 0.0 < row["chance"] < 1.0
+  with open(os.path.join(os.path.dirname(out["markdown"]), "runs.json")) as f:
+    saved = json.load(f)
+  assert saved["machine"]["platform"] == "cpu" and saved["seeds"] == [0]
+
+
+def _fake_ds(split_ids):
+  class E:
+    def __init__(self, ids):
+      self.ids = np.asarray(ids)
+  class D:
+    eval = {k: E(v) for k, v in split_ids.items()}
+  return D()
+
+
+def test_local_view_priority_when_modes_collide(tmp_path):
+  """val and database share record 'b' (deephash protocol) with different
+  class modes: the database's (true-label) mask wins and is counted."""
+  ids = {"train": ["a", "b"], "database": ["a", "b", "c"], "val": ["b"],
+         "query": ["q"]}
+  modes = {"train": "true", "database": "true", "val": "predicted",
+           "query": "predicted"}
+  val = {"train": 1, "database": 2, "val": 3, "query": 4}
+  root = str(tmp_path / "masks")
+  for split, rids in ids.items():
+    m = np.zeros((len(rids), 4, 4), np.uint8)
+    m[:, : val[split]] = 1          # each split's masks are recognisable
+    cam.save_masks(os.path.join(root, modes[split]), split, m, rids)
+  out = str(tmp_path / "local")
+  doc = ath_lib.assemble_local_view_dir(root, _fake_ds(ids), modes, out,
+                                        {"classifier_step": 1})
+  assert doc["count"] == 4 and doc["mode_conflicts"] == 1
+  from medhash_jax.data import mask_crop
+  rows = {r: int(mask_crop.load_mask(os.path.join(out, r + ".png")).any(1).sum())
+          for r in ("a", "b", "c", "q")}
+  assert rows == {"a": 2, "b": 2, "c": 2, "q": 4}
+  # Same settings: reused as is; other settings: rebuilt.
+  assert ath_lib.assemble_local_view_dir(root, _fake_ds(ids), modes, out,
+                                         {"classifier_step": 1}) == doc
+  modes2 = dict(modes, val="true")
+  cam.save_masks(os.path.join(root, "true"), "val",
+                 np.ones((1, 4, 4), np.uint8), ["b"])
+  doc2 = ath_lib.assemble_local_view_dir(root, _fake_ds(ids), modes2, out,
+                                         {"classifier_step": 1})
+  assert doc2["mode_conflicts"] == 0
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_config_variant_validates(name):
+  module = importlib.import_module(f"configs.{name}")
+  for arg in CONFIGS[name]:
+    c = module.get_config(arg or None)
+    if "ath" in c:
+      assert c.model.name == "ath_two_branch"
+      c = ath_lib.hash_config(c, "/tmp/unused")
+    validation.validate_config(c)
+    assert models.is_hash_model(c.model.name)
+  with pytest.raises(ValueError, match="unknown config variant"):
+    module.get_config("nonsense")
+
+
+def test_ath_configs_paper_settings_and_ablations():
+  from configs import ath as ath_config
+  c = ath_config.get_config()
+  assert (c.optim.name, c.optim.learning_rate, c.optim.momentum,
+          c.optim.weight_decay, c.optim.head_lr_mult) == ("sgd", 1e-4, 0.9,
+                                                          5e-4, 10.0)
+  assert (c.train.batch_size, c.train.num_steps, c.num_bits) == (32, 10000, 48)
+  assert c.model.beta.schedule == "hashnet" and c.loss.name == "ath"
+  assert c.ath.classifier.model == "densenet121_classifier"
+  assert (c.ath.classifier.optimizer, c.ath.classifier.learning_rate) == (
+      "adam", 1e-4)
+  for arg, attention in (("no_attention", None), ("se", "se"),
+                         ("cbam", "cbam")):
+    a = ath_config.get_config(arg)
+    assert "ath" not in a and a.model.name == "resnet50"
+    assert a.model.kwargs.get("attention") == attention
+    assert a.loss.name == "ath" and a.model.kwargs.class_head
+  with pytest.raises(ValueError, match="one ablation"):
+    ath_config.get_config("se,cbam")
