@@ -28,6 +28,7 @@ from typing import Any, Dict, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from medhash_jax.models import heads
 from medhash_jax.models.heads import ClassHead, FCStack, HashHead
 
 Dtype = Any
@@ -72,12 +73,8 @@ class HashingNet(nn.Module):
       fmap = self.attention(fmap)
     pooled = jnp.mean(fmap, axis=(1, 2))
     feats = self.fc(pooled, train)
-    out = {"codes_real": self.hash(feats, beta),
-           "logits": self.classifier(feats) if self.num_classes > 0 else None,
-           "features": jnp.asarray(feats, jnp.float32)}
-    if return_feature_map:
-      out["feature_map"] = fmap
-    return out
+    return heads.head_outputs(self, feats, beta,
+                              fmap if return_feature_map else None)
 
   def __call__(self, x, train: bool = False, beta=1.0,
                return_feature_map: bool = False) -> Dict[str, Any]:

@@ -59,6 +59,20 @@ class ClassHead(nn.Module):
     return jnp.asarray(logits, jnp.float32)
 
 
+def head_outputs(model, feats, beta, fmap=None):
+  """The output dict every single-code hash model returns.
+
+  `model` is the calling module, with `hash` (HashHead), `classifier`
+  (ClassHead) and `num_classes`; `fmap` is added as "feature_map" when given.
+  """
+  out = {"codes_real": model.hash(feats, beta),
+         "logits": model.classifier(feats) if model.num_classes > 0 else None,
+         "features": jnp.asarray(feats, jnp.float32)}
+  if fmap is not None:
+    out["feature_map"] = fmap
+  return out
+
+
 def binarize(codes_real, dtype=jnp.float32):
   """sign with sign(0) = +1: the {-1, +1} code of a real-valued code."""
   return jnp.where(codes_real >= 0, 1, -1).astype(dtype)

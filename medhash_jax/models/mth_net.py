@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from medhash_jax.models.attention import ConvSelfAttention
 from medhash_jax.models.backbones import DenseBlock, _conv
+from medhash_jax.models import heads
 from medhash_jax.models.heads import ClassHead, FCStack, HashHead
 
 Dtype = Any
@@ -143,12 +144,8 @@ class MTHNet(nn.Module):
   def from_feature_map(self, fmap, train: bool = False, beta=1.0,
                        return_feature_map: bool = False) -> Dict[str, Any]:
     feats = self.fc(jnp.mean(fmap, axis=(1, 2)), train)
-    out = {"codes_real": self.hash(feats, beta),
-           "logits": self.classifier(feats) if self.num_classes > 0 else None,
-           "features": jnp.asarray(feats, jnp.float32)}
-    if return_feature_map:
-      out["feature_map"] = fmap
-    return out
+    return heads.head_outputs(self, feats, beta,
+                              fmap if return_feature_map else None)
 
   def __call__(self, x, train: bool = False, beta=1.0,
                return_feature_map: bool = False) -> Dict[str, Any]:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from medhash_jax.models.attention import SpatialAttention
 from medhash_jax.models.backbones import Bottleneck
+from medhash_jax.models import heads
 from medhash_jax.models.heads import ClassHead, FCStack, HashHead
 
 Dtype = Any
@@ -84,12 +85,8 @@ class SAHashNet(nn.Module):
     att = self.spatial_attention(fmap)
     l = jnp.mean(self.local_refine(att, train), axis=(1, 2))
     feats = self.fc(jnp.concatenate([g, l], axis=-1), train)
-    out = {"codes_real": self.hash(feats, beta),
-           "logits": self.classifier(feats) if self.num_classes > 0 else None,
-           "features": jnp.asarray(feats, jnp.float32)}
-    if return_feature_map:
-      out["feature_map"] = fmap
-    return out
+    return heads.head_outputs(self, feats, beta,
+                              fmap if return_feature_map else None)
 
   def __call__(self, x, train: bool = False, beta=1.0,
                return_feature_map: bool = False) -> Dict[str, Any]:
