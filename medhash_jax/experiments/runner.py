@@ -286,7 +286,10 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
       "date": time.strftime("%Y-%m-%d %H:%M:%S"),
   }
   preamble = "\n".join([
-      f"# {suite.name}: {suite.description}", "",
+      f"# {suite.name}", "",
+      f"- suite definition: {suite.description}",
+      f"- this run: methods {', '.join(methods)}; bits {list(bits)}; seeds "
+      f"{list(seeds)}; steps {steps or 'as configured'}",
       f"- command: `{command}`", f"- commit: `{info['commit']}`",
       f"- machine: {info['machine']['device_kind']} x "
       f"{info['machine']['device_count']} ({info['machine']['platform']}), "
