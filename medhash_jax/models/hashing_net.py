@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from medhash_jax.models import heads
-from medhash_jax.models.heads import ClassHead, FCStack, HashHead
+from medhash_jax.models.heads import ClassHead, FCStack
 
 Dtype = Any
 
@@ -57,12 +57,9 @@ class HashingNet(nn.Module):
   dtype: Dtype = jnp.float32
 
   def setup(self):
-    if self.num_bits <= 0:
-      raise ValueError(f"num_bits must be > 0, got {self.num_bits}")
+    self.hash, self.classifier = heads.build_heads(
+        self.num_bits, self.num_classes, self.hash_activation, self.dtype)
     self.fc = FCStack(tuple(self.fc_dims), self.dropout_rate, self.dtype)
-    self.hash = HashHead(self.num_bits, self.hash_activation, self.dtype)
-    if self.num_classes > 0:
-      self.classifier = ClassHead(self.num_classes, self.dtype)
 
   def backbone_features(self, x, train: bool = False) -> Dict[str, Any]:
     return self.backbone(x, train=train)

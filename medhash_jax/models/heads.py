@@ -59,6 +59,15 @@ class ClassHead(nn.Module):
     return jnp.asarray(logits, jnp.float32)
 
 
+def build_heads(num_bits: int, num_classes: int, activation: str, dtype):
+  """(HashHead, ClassHead or None) for a model's setup; checks num_bits before
+  any backbone work so a bad code length fails at once."""
+  if num_bits <= 0:
+    raise ValueError(f"num_bits must be > 0, got {num_bits}")
+  return (HashHead(num_bits, activation, dtype),
+          ClassHead(num_classes, dtype) if num_classes > 0 else None)
+
+
 def head_outputs(model, feats, beta, fmap=None):
   """The output dict every single-code hash model returns.
 

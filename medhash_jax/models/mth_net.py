@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from medhash_jax.models.attention import ConvSelfAttention
 from medhash_jax.models.backbones import DenseBlock, _conv
 from medhash_jax.models import heads
-from medhash_jax.models.heads import ClassHead, FCStack, HashHead
+from medhash_jax.models.heads import FCStack
 
 Dtype = Any
 
@@ -113,8 +113,8 @@ class MTHNet(nn.Module):
   dtype: Dtype = jnp.float32
 
   def setup(self):
-    if self.num_bits <= 0:
-      raise ValueError(f"num_bits must be > 0, got {self.num_bits}")
+    self.hash, self.classifier = heads.build_heads(
+        self.num_bits, self.num_classes, self.hash_activation, self.dtype)
     self.multi_scale = MultiScaleDenseModule(
         tuple(self.kernel_sizes), self.filters, self.growth, self.num_layers,
         pool_size=self.pool_size, dtype=self.dtype)
@@ -125,9 +125,6 @@ class MTHNet(nn.Module):
                              param_dtype=jnp.float32)
     self.fc = FCStack((int(self.fc_dim),) if self.fc_dim else (),
                       self.dropout_rate, self.dtype)
-    self.hash = HashHead(self.num_bits, self.hash_activation, self.dtype)
-    if self.num_classes > 0:
-      self.classifier = ClassHead(self.num_classes, self.dtype)
 
   def backbone_features(self, x, train: bool = False) -> Dict[str, Any]:
     x = jnp.asarray(x, self.dtype)

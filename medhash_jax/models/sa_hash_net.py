@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from medhash_jax.models.attention import SpatialAttention
 from medhash_jax.models.backbones import Bottleneck
 from medhash_jax.models import heads
-from medhash_jax.models.heads import ClassHead, FCStack, HashHead
+from medhash_jax.models.heads import FCStack
 
 Dtype = Any
 
@@ -60,17 +60,14 @@ class SAHashNet(nn.Module):
   dtype: Dtype = jnp.float32
 
   def setup(self):
-    if self.num_bits <= 0:
-      raise ValueError(f"num_bits must be > 0, got {self.num_bits}")
+    self.hash, self.classifier = heads.build_heads(
+        self.num_bits, self.num_classes, self.hash_activation, self.dtype)
     self.global_refine = Bottleneck(self.refine_features, dtype=self.dtype)
     self.local_refine = Bottleneck(self.refine_features, dtype=self.dtype)
     self.spatial_attention = SpatialAttention(self.kernel_size, self.pool_size,
                                               self.dtype)
     self.fc = FCStack((int(self.fc_dim),) if self.fc_dim else (),
                       self.dropout_rate, self.dtype)
-    self.hash = HashHead(self.num_bits, self.hash_activation, self.dtype)
-    if self.num_classes > 0:
-      self.classifier = ClassHead(self.num_classes, self.dtype)
 
   def backbone_features(self, x, train: bool = False) -> Dict[str, Any]:
     return self.backbone(x, train=train)
