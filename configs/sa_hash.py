@@ -6,14 +6,18 @@ Network (models/sa_hash_net.py): ResNet-50; a feature-refined block (residual
 bottleneck + average pool) gives the global feature; spatial attention from
 three descriptors (channel max, channel mean, max pool) weights the feature
 map and a second feature-refined block gives the local feature; the two are
-concatenated -> FC-1024 + ReLU -> hash layer (tanh), with a class layer beside
-it. Loss (losses.composite.sa_hash): contrastive (margin 2K) + 0.01 x
+concatenated -> FC-1024 + ReLU -> hash layer, with a class layer beside
+it. The hash layer is linear (hash_activation="identity"): the loss is DSH's
+(contrastive + L1 pull towards +-1 on real-valued outputs), and with tanh it
+saturated to a single code within 20 steps (see configs/dsh.py, which has the
+same fix and the same lr 0.003). Loss (losses.composite.sa_hash): contrastive (margin 2K) + 0.01 x
 quantisation regulariser + cross-entropy.
 
 The paper's data (ChestX-ray8, CheXpert) is not staged; the default is the
 staged chest X-ray set, COVID-19 Radiography, seed split 1:3:3 at 224 px.
-The optimiser is base.py's (SGD momentum 0.9, lr 0.01 cosine, hash layer 10x,
-weight decay 5e-4); the paper's own values are not reproduced here.
+The optimiser is base.py's (SGD momentum 0.9, cosine, hash layer 10x, weight
+decay 5e-4) at lr 0.003 instead of 0.01 (the contrastive loss collapses at
+0.01); the paper's own values are not reproduced here.
 """
 
 import os
@@ -39,13 +43,15 @@ def get_config(arg=None):
   if smoke:
     c.model.kwargs = ml_collections.ConfigDict(dict(
         backbone="resnet18", small_input=True, width=8, fc_dim=128,
-        class_head=True))
+        class_head=True, hash_activation="identity"))
   else:
     c.model.kwargs = ml_collections.ConfigDict(dict(
-        backbone="resnet50", small_input=False, fc_dim=1024, class_head=True))
+        backbone="resnet50", small_input=False, fc_dim=1024, class_head=True,
+        hash_activation="identity"))
     c.data.name = "covid19_radiography"
     c.data.split = "seed"
     c.data.image_size = 224
+  c.optim.learning_rate = 0.003
   c.loss.kwargs = ml_collections.ConfigDict(dict(
       multi_label=common.is_multi_label(c.data.name)))
   return base.finalize(c)
