@@ -81,11 +81,11 @@ def test_ath_stages_leave_their_artifacts(suite_run):
   local = ath_lib.local_view_dir(cfg, wd)
   with open(os.path.join(local, ath_lib.MANIFEST)) as f:
     manifest = json.load(f)
-  pngs = [n for n in os.listdir(local) if n.endswith(".png")]
-  # Official split: database == train, so 546 + 78 + 156 distinct records.
-  assert manifest["count"] == len(pngs) == sizes["train"] + sizes["val"] + \
-      sizes["query"]
-  assert manifest["mode_conflicts"] == 0
+  # One folder per split, one PNG per record of the split.
+  for split in ath_lib.SPLITS:
+    pngs = [n for n in os.listdir(os.path.join(local, split))
+            if n.endswith(".png")]
+    assert manifest["counts"][split] == len(pngs) == sizes[split], split
   overlays = os.listdir(os.path.join(wd, "gradcam", "overlay"))
   assert len(overlays) == cfg.ath.cam.num_overlays
   # Stage 3: a two-view run of the two-branch model reading those masks.
@@ -178,36 +178,43 @@ def _fake_ds(split_ids):
   return D()
 
 
-def test_local_view_priority_when_modes_collide(tmp_path):
-  """val and database share record 'b' (deephash protocol) with different
-  class modes: the database's (true-label) mask wins and is counted."""
+def test_local_views_are_per_split_when_a_record_is_in_two_splits(tmp_path):
+  """Record 'b' is in train, database and val (deephash protocol) with
+  different class modes: each split's folder keeps its own mask, and the
+  data layer's store reads the right one for each split."""
+  from medhash_jax.data import mask_crop
   ids = {"train": ["a", "b"], "database": ["a", "b", "c"], "val": ["b"],
          "query": ["q"]}
-  modes = {"train": "true", "database": "true", "val": "predicted",
+  modes = {"train": "true", "database": "predicted", "val": "predicted",
            "query": "predicted"}
-  val = {"train": 1, "database": 2, "val": 3, "query": 4}
+  rows_of = {"train": 1, "database": 2, "val": 3, "query": 4}
   root = str(tmp_path / "masks")
   for split, rids in ids.items():
     m = np.zeros((len(rids), 4, 4), np.uint8)
-    m[:, : val[split]] = 1          # each split's masks are recognisable
+    m[:, : rows_of[split]] = 1          # each split's masks are recognisable
     cam.save_masks(os.path.join(root, modes[split]), split, m, rids)
   out = str(tmp_path / "local")
   doc = ath_lib.assemble_local_view_dir(root, _fake_ds(ids), modes, out,
                                         {"classifier_step": 1})
-  assert doc["count"] == 4 and doc["mode_conflicts"] == 1
-  from medhash_jax.data import mask_crop
-  rows = {r: int(mask_crop.load_mask(os.path.join(out, r + ".png")).any(1).sum())
-          for r in ("a", "b", "c", "q")}
-  assert rows == {"a": 2, "b": 2, "c": 2, "q": 4}
+  assert doc["counts"] == {k: len(v) for k, v in ids.items()}
+  store = mask_crop.MaskStore(out, margin=0.0)
+  image = np.ones((4, 4, 1), np.uint8)
+  for split, rids in ids.items():
+    for rid in rids:
+      local, fell_back = store.for_split(split).local_view(image, rid)
+      assert not fell_back and local.shape[0] == rows_of[split], (split, rid)
   # Same settings: reused as is; other settings: rebuilt.
   assert ath_lib.assemble_local_view_dir(root, _fake_ds(ids), modes, out,
                                          {"classifier_step": 1}) == doc
-  modes2 = dict(modes, val="true")
-  cam.save_masks(os.path.join(root, "true"), "val",
-                 np.ones((1, 4, 4), np.uint8), ["b"])
+  modes2 = dict(modes, database="true")
+  cam.save_masks(os.path.join(root, "true"), "database",
+                 np.ones((3, 4, 4), np.uint8), ids["database"])
   doc2 = ath_lib.assemble_local_view_dir(root, _fake_ds(ids), modes2, out,
                                          {"classifier_step": 1})
-  assert doc2["mode_conflicts"] == 0
+  assert doc2["modes"]["database"] == "true"
+  local, _ = store.for_split("database").local_view(image, "b")
+  assert local.shape[0] == 4          # the rebuilt, all-ones mask
+  assert not os.path.exists(out + ".tmp")
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -16,10 +16,10 @@ file per record, ``<mask_dir>/<mask_key(id)>.png`` (nonzero = foreground) at the
 image's native resolution; :func:`export_png_dir` writes that format. The masks
 here are at the model's input size (where Grad-CAM runs), so the data config
 needs ``data.resize_masks=True`` (nearest-neighbour) unless images are stored at
-that size. The PNG folder is keyed by record id only: a record in two splits
-(train and database with ``train_in_database``) whose masks differ (true vs
-predicted class) keeps the last one exported; export to one folder per split if
-that matters.
+that size. A PNG folder is keyed by record id only, so a record in two splits
+whose masks differ (true vs predicted class) needs one folder per split: the
+data layer's per-split layout ``<mask_dir>/<split>/`` (see
+``medhash_jax.data.mask_crop``), which is what ATH writes.
 """
 
 from __future__ import annotations

@@ -175,7 +175,8 @@ def build_datasets(data_config, *, workdir: str | None, global_batch_size: int,
                  worker_buffer_size=int(_get(data_config, "worker_buffer_size", 2)))
 
   local_batch = global_batch_size // pc
-  train_loader = ExampleLoader(source, splits.train, train_pre, masks=masks,
+  train_loader = ExampleLoader(source, splits.train, train_pre,
+                               masks=masks and masks.for_split("train"),
                                skip_bad=skip_bad)
   train = train_dataset(train_loader, batch_size=local_batch, seed=seed,
                         process_index=pi, process_count=pc, sampling=sampling,
@@ -184,7 +185,8 @@ def build_datasets(data_config, *, workdir: str | None, global_batch_size: int,
            or global_batch_size)
   evals = {}
   for split in EVAL_SPLITS:
-    loader = ExampleLoader(source, splits[split], eval_pre, masks=masks,
+    loader = ExampleLoader(source, splits[split], eval_pre,
+                           masks=masks and masks.for_split(split),
                            skip_bad=skip_bad)
     evals[split] = EvalDataset(split, loader, global_batch_size=eb,
                                process_index=pi, process_count=pc, **pipe_kw)

@@ -16,6 +16,16 @@ mask whose shape differs from its image is a bad record (the error names the
 mask file and the image's row), unless ``resize_masks`` allows nearest-neighbour
 resizing (e.g. the COVID-19 Radiography lung masks are 256x256 for 299x299
 images).
+
+Two layouts of ``mask_dir``:
+
+* flat: ``<mask_dir>/<key>.png``, one mask per record whatever its split
+  (e.g. lung masks, which do not depend on the split);
+* per split: ``<mask_dir>/<split>/<key>.png`` for split in ``MASK_SPLITS``.
+  A record in two splits can then have two masks (ATH: Grad-CAM of the true
+  labels where it is a training image, of the predicted ones where it is a
+  database image). The layout is per split as soon as one split folder
+  exists, and then every split the pipeline reads must have its folder.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from scipy import ndimage
 from medhash_jax.data.records import BadRecordError
 
 _EIGHT = np.ones((3, 3), bool)
+MASK_SPLITS = ("train", "val", "query", "database")
 
 
 def mask_key(record_id: str) -> str:
@@ -128,6 +139,30 @@ class MaskStore:
     self.threshold = threshold
     self.resize_masks = resize_masks
     self.margin = margin
+    self.split = None   # set by for_split in the per-split layout
+
+  @property
+  def per_split(self) -> bool:
+    """Whether ``mask_dir`` holds one folder per split (module docstring)."""
+    return self.split is None and any(
+        os.path.isdir(os.path.join(self.mask_dir, s)) for s in MASK_SPLITS)
+
+  def for_split(self, split: str) -> "MaskStore":
+    """The store a split's pipeline reads: itself in the flat layout, the
+    split's folder in the per-split layout (which must then exist)."""
+    if not self.per_split:
+      return self
+    d = os.path.join(self.mask_dir, split)
+    if not os.path.isdir(d):
+      present = [s for s in MASK_SPLITS
+                 if os.path.isdir(os.path.join(self.mask_dir, s))]
+      raise FileNotFoundError(
+          f"data.mask_dir={self.mask_dir} has per-split mask folders "
+          f"{present} but none for split {split!r} (expected {d})")
+    store = MaskStore(d, threshold=self.threshold,
+                      resize_masks=self.resize_masks, margin=self.margin)
+    store.split = split
+    return store
 
   def local_view(self, image: np.ndarray, record_id: str, *, image_file=None,
                  row=None) -> tuple[np.ndarray, bool]:

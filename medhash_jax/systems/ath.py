@@ -5,7 +5,8 @@
     stage 2  Grad-CAM (jax.vjp) of the classifier on every split, Otsu (jnp)
              -> binary masks, one cache per class mode and split:
                 {stage_dir}/masks/{true|predicted}/{split}.npy (+ .ids.json)
-             -> the data layer's mask folder {stage_dir}/masks/local_view/
+             -> the data layer's per-split mask folders
+                {stage_dir}/masks/local_view/{split}/
              -> Grad-CAM overlays of a sample of queries {workdir}/gradcam/
     stage 3  the two-branch hash network on (x, x') with the `ath` loss:
              `train.train_and_evaluate` on the config without its `ath`
@@ -25,15 +26,10 @@ on the splits the model learns from and searches in (train, database) and the
 predicted classes on the splits that play the query (val, query), as at test
 time the query's labels are unknown.
 
-One record, one mask file: the data layer reads `<mask_dir>/<id>.png` for
-every split, so a record present in two splits with different class modes
-(e.g. val and database under the "deephash" protocol, where val is carved
-from a train drawn from the database) can have only one mask. The local-view
-folder is therefore assembled with a fixed priority, query > database > train
-> val, which keeps the reported test protocol exact (queries never overlap the
-other splits; the database gets its own mode) and at worst gives a few
-model-selection (val) queries a true-label mask; the number of such records
-is logged and recorded in the manifest.
+The local views are the data layer's per-split mask layout
+(`data.mask_crop`): `{local_view}/{split}/{id}.png`, so a record in two
+splits (e.g. under the "deephash" protocol, where the train images are drawn
+from the database) keeps the mask of each split's class mode.
 """
 
 import json
@@ -54,8 +50,6 @@ from medhash_jax.train import mesh as mesh_lib
 
 SECTION = "ath"
 SPLITS = ("train", "val", "query", "database")
-# Highest priority last: later splits overwrite a shared record's mask.
-MASK_PRIORITY = ("val", "train", "database", "query")
 LOCAL_VIEW_DIR = "local_view"
 MANIFEST = "manifest.json"
 STAGES_FILE = "ath_stages.json"
@@ -195,10 +189,12 @@ def make_masks(get_clf: Callable[[], classifier_lib.Classifier], ds,
 def assemble_local_view_dir(root: str, ds, modes: Dict[str, str],
                             out_dir: str, meta: Dict[str, Any]
                             ) -> Dict[str, Any]:
-  """Per-record PNGs for the data layer, one per record id (see the module
-  docstring for the priority rule); skipped when the manifest matches."""
+  """Per-split, per-record PNGs for the data layer (`{out_dir}/{split}/`),
+  each split's from its class mode's cache; skipped when the manifest
+  matches. Written to a temporary folder and renamed, so an interrupted
+  export never passes for a finished one."""
   manifest_path = os.path.join(out_dir, MANIFEST)
-  want = {"modes": dict(modes), **meta}
+  want = {"layout": "per_split", "modes": dict(modes), **meta}
   if os.path.exists(manifest_path):
     with open(manifest_path, encoding="utf-8") as f:
       have = json.load(f)
@@ -206,32 +202,18 @@ def assemble_local_view_dir(root: str, ds, modes: Dict[str, str],
       return have
     logging.info("ath: local-view masks made under other settings; rebuilding "
                  "%s", out_dir)
-  if os.path.exists(out_dir):  # stale, or interrupted before its manifest
-    shutil.rmtree(out_dir)
-  chosen: Dict[str, Any] = {}
-  origin: Dict[str, str] = {}
-  conflicts = 0
-  for split in MASK_PRIORITY:
-    masks = cam.load_masks(os.path.join(root, modes[split]), split,
-                           ds.eval[split].ids)
-    for rid, m in zip(ds.eval[split].ids, masks):
-      rid = str(rid)
-      if rid in origin and modes[origin[rid]] != modes[split]:
-        conflicts += 1
-      chosen[rid] = m
-      origin[rid] = split
-  if conflicts:
-    logging.warning(
-        "ath: %d records sit in splits with different Grad-CAM class modes "
-        "(%s); each keeps the mask of its highest-priority split (query > "
-        "database > train > val)", conflicts, modes)
-  ids = sorted(chosen)
   tmp = out_dir + ".tmp"
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-  cam.export_png_dir(tmp, ids, np.stack([chosen[i] for i in ids]))
+  for d in (out_dir, tmp):  # stale, or interrupted before its manifest
+    if os.path.exists(d):
+      shutil.rmtree(d)
+  counts = {}
+  for split in SPLITS:
+    ids = [str(i) for i in ds.eval[split].ids]
+    masks = cam.load_masks(os.path.join(root, modes[split]), split, ids)
+    cam.export_png_dir(os.path.join(tmp, split), ids, masks)
+    counts[split] = len(ids)
   os.replace(tmp, out_dir)
-  doc = dict(want, count=len(ids), mode_conflicts=conflicts)
+  doc = dict(want, counts=counts)
   with open(manifest_path, "w", encoding="utf-8") as f:
     json.dump(doc, f, indent=2)
   return doc
@@ -324,8 +306,7 @@ def prepare(config, workdir: str) -> Dict[str, Any]:
   return {"classifier": metrics, "classifier_seconds": t1 - t0,
           "classifier_reused": clf is None or bool(metrics.get("reused")),
           "masks": info, "mask_seconds": t2 - t1,
-          "local_view": {k: manifest.get(k) for k in
-                         ("count", "mode_conflicts")},
+          "local_view": manifest.get("counts"),
           "overlays": n_over, "multi_label": multi_label,
           "stage_dir": sdir}
 

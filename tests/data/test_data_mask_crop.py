@@ -87,3 +87,26 @@ def test_npy_masks_threshold(tmp_path):
   store = mask_crop.MaskStore(str(tmp_path), threshold=0.5, margin=0.0)
   local, _ = store.local_view(np.ones((8, 8, 3), np.uint8), "a.png")
   assert local.shape == (2, 4, 3)
+
+
+def test_per_split_layout_reads_each_splits_mask(tmp_path):
+  """<mask_dir>/<split>/: the same record has a different mask per split."""
+  m_train = np.zeros((6, 6), bool)
+  m_train[0:2, 0:3] = True
+  m_db = np.zeros((6, 6), bool)
+  m_db[1:5, 2:6] = True
+  mask_crop.save_mask(str(tmp_path / "train"), "r1.png", m_train)
+  mask_crop.save_mask(str(tmp_path / "database"), "r1.png", m_db)
+  store = mask_crop.MaskStore(str(tmp_path), margin=0.0)
+  assert store.per_split
+  img = np.arange(36, dtype=np.uint8).reshape(6, 6, 1)
+  local_train, _ = store.for_split("train").local_view(img, "r1.png")
+  local_db, _ = store.for_split("database").local_view(img, "r1.png")
+  np.testing.assert_array_equal(local_train, img[0:2, 0:3])
+  np.testing.assert_array_equal(local_db, img[1:5, 2:6])
+  # A split without its folder is an error naming the folder and the split.
+  with pytest.raises(FileNotFoundError, match=r"none for split 'query'"):
+    store.for_split("query")
+  # A flat folder serves every split from the same files.
+  flat = mask_crop.MaskStore(str(tmp_path / "train"))
+  assert not flat.per_split and flat.for_split("query") is flat
