@@ -10,7 +10,10 @@ another dense block; FC-1024 + ReLU; hash layer (tanh) and class layer side by
 side. Loss (losses.triplet.mth): semantic term + alpha x hierarchical
 similarity (triplet margins on codes and on the FC-1024 features, over every
 valid triplet of the batch) + beta x category term (softmax CE on the class
-layer).
+layer). With data.sampling="triplet" the batch is b anchors with a sampled
+positive and negative each, and the loss uses exactly those b triplets
+instead (3x the images per step; in-batch mining, the default, already
+covers every valid triplet of a random batch).
 
 Not given by the paper, chosen here: Adam lr 1e-3 with cosine decay (the
 network is trained from scratch), 64 px inputs (the staged HAM10000 images

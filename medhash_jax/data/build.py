@@ -70,6 +70,7 @@ class Datasets:
       for p in ("pos_", "neg_"):
         out[p + "image"] = np.zeros((b, s, s, c), img)
         out[p + "labels"] = np.zeros((b, k), np.float32)
+        out[p + "label_mask"] = np.ones((b, k), np.float32)
         if self.two_view:
           out[p + "local_image"] = np.zeros((b, s, s, c), img)
       out["triplet_valid"] = np.ones((b,), bool)

@@ -59,13 +59,14 @@ def default_data_config() -> ml_collections.ConfigDict:
   ))
 
   # --- mask-and-crop (two-branch local view) -------------------------------
-  c.mask_dir = ""          # "" = no local view; else <mask_dir>/<id>.png|.npy
+  c.mask_dir = ""          # "" = no local view; else <mask_dir>/[<split>/]<id>.png|.npy
   c.mask_margin = 0.05     # margin around the largest component, x (H, W)
   c.mask_threshold = 0.0   # foreground = mask value > threshold
   c.resize_masks = False   # allow masks of another size (nearest resize)
 
   # --- batches and workers --------------------------------------------------
-  c.sampling = "random"    # random (pair losses: all pairs) | triplet
+  c.sampling = "random"    # random (pair losses: all pairs) | triplet (b anchors
+                           # + a sampled positive and negative each: 3b images)
   c.eval_batch_size = 0    # global; 0 -> the training global batch size
   c.num_workers = 0        # grain mp_prefetch worker processes (0 = threads only)
   c.worker_buffer_size = 2

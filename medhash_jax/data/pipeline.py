@@ -31,8 +31,8 @@ image_size, C = channels, K = number of classes):
     local_image    like image
     local_fallback bool    (b,)      True where the mask was empty (full image)
   with ``sampling="triplet"`` (training only), for positive and negative:
-    pos_image, pos_labels, neg_image, neg_labels (+ pos_/neg_local_image),
-    triplet_valid bool (b,)
+    pos_image, pos_labels, pos_label_mask, neg_image, neg_labels,
+    neg_label_mask (+ pos_/neg_local_image), triplet_valid bool (b,)
 """
 
 from __future__ import annotations
@@ -140,6 +140,7 @@ class _TrainMap(grain.transforms.RandomMap):
           other = self.loader.example(q, rng)
           ex[prefix + "image"] = other["image"]
           ex[prefix + "labels"] = other["labels"]
+          ex[prefix + "label_mask"] = other["label_mask"]
           if "local_image" in other:
             ex[prefix + "local_image"] = other["local_image"]
         ex["triplet_valid"] = np.bool_(ok_p and ok_n)

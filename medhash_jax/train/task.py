@@ -10,9 +10,15 @@ so `step.py` and `loop.py` stay independent of any one method.
 Conventions relied on (see medhash_jax/models and medhash_jax/losses):
   model(x, train=bool, beta=scalar) -> {"codes_real" (B, K), "logits" (B, C)
     or None, "features" (B, D)}; `beta` is the tanh(beta z) continuation.
-  loss(*, codes, labels, features, logits, label_mask, **hyper) ->
+  loss(*, codes, labels, features, logits, label_mask, triplets, **hyper) ->
     (scalar, {term: scalar}) (losses/__init__.py); it is passed the inputs it
     declares (`loss_fn.inputs`) plus config.loss.kwargs.
+
+Triplet-sampled batches (data.sampling="triplet": b anchors with `pos_*` and
+`neg_*` views) are trained as one batch of 3b images [anchors; positives;
+negatives]; a loss that takes `triplets` gets the rows (i, b + i, 2b + i)
+(-1 where the sampler found no positive or negative), and any other loss
+sees the 3b images as a plain batch (pairs over all of them).
 """
 
 import inspect
@@ -139,14 +145,18 @@ class Task:
     return flax.core.unfreeze(init(inputs))
 
   def train_inputs(self, batch: Dict[str, Any]) -> Dict[str, Any]:
-    """The batch arrays the objective reads (only these go to the devices;
-    triplet-sampled `pos_*`/`neg_*` views are for the seed systems' tasks)."""
+    """The batch arrays the objective reads (only these go to the devices)."""
     keep = set(self.input_keys) | {"labels", "label_mask"}
+    if "triplet_valid" in batch:
+      keep |= {p + k for p in TRIPLET_PREFIXES for k in keep} | {
+          "triplet_valid"}
     return {k: v for k, v in batch.items() if k in keep}
 
   def objective(self, params, batch_stats, batch, rng, step):
     """Loss of one global batch; returns (loss, (terms, new batch_stats))."""
     beta = self.beta_fn(step)
+    if "triplet_valid" in batch:
+      batch = stack_triplet_views(batch, self.input_keys)
     variables = {"params": params}
     if batch_stats:
       variables["batch_stats"] = batch_stats
@@ -156,6 +166,7 @@ class Task:
         "codes": out["codes_real"], "labels": batch["labels"],
         "logits": out.get("logits"), "features": out.get("features"),
         "label_mask": batch.get("label_mask"),
+        "triplets": batch.get("triplets"),
     }
     kwargs = {k: v for k, v in candidates.items()
               if v is not None and k in self._loss_inputs}
@@ -190,6 +201,29 @@ class Task:
     """
     out = self._call(variables, inputs, train=False, beta=1.0)
     return out["codes_real"]
+
+
+TRIPLET_PREFIXES = ("pos_", "neg_")
+
+
+def stack_triplet_views(batch: Dict[str, Any], input_keys) -> Dict[str, Any]:
+  """{image, pos_image, neg_image, ...} (b each) -> one batch of 3b rows
+  [anchors; positives; negatives] plus `triplets` int32 (b, 3) into it."""
+  b = batch["labels"].shape[0]
+  out = {}
+  for k in tuple(input_keys) + ("labels", "label_mask"):
+    parts = [batch.get(p + k) for p in ("",) + TRIPLET_PREFIXES]
+    if k == "label_mask":  # all known where a view carries no mask
+      parts = [jnp.ones_like(batch["labels"]) if v is None else v
+               for v in parts]
+    if any(v is None for v in parts):
+      raise ValueError(f"triplet batch lacks a view of {k!r}: has "
+                       f"{sorted(batch)}")
+    out[k] = jnp.concatenate(parts, axis=0)
+  i = jnp.arange(b, dtype=jnp.int32)
+  rows = jnp.stack([i, b + i, 2 * b + i], axis=1)
+  out["triplets"] = jnp.where(batch["triplet_valid"][:, None], rows, -1)
+  return out
 
 
 def build_task(config, *, num_classes: int, multi_label: bool,
