@@ -108,15 +108,22 @@ def main(argv):
     # Multi-stage systems (ATH) run all their stages; the rest go to train/.
     out(_summary(systems.train_and_evaluate(config, workdir)))
     return
+  # Two-view systems make the local view of a loose file themselves (ATH:
+  # classifier -> Grad-CAM -> Otsu -> mask-and-crop).
+  local_views = (systems.file_local_views(config, workdir)
+                 if FLAGS.mode in ("encode", "search") and FLAGS.input else None)
+  local_views = local_views.views if local_views is not None else None
   config = systems.hash_config(config, workdir)
   if FLAGS.mode == "evaluate":
     out(_summary(train.evaluate_workdir(config, workdir)))
   elif FLAGS.mode == "encode":
     out(json.dumps(train.encode(config, workdir, input_spec=FLAGS.input,
-                                split=FLAGS.split, output=FLAGS.output)))
+                                split=FLAGS.split, output=FLAGS.output,
+                                local_views=local_views)))
   else:
     train.search(config, workdir, input_spec=FLAGS.input, k=FLAGS.k,
-                 index_path=FLAGS.index, output=FLAGS.output)
+                 index_path=FLAGS.index, output=FLAGS.output,
+                 local_views=local_views)
 
 
 if __name__ == "__main__":

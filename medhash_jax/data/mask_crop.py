@@ -128,6 +128,13 @@ def mask_and_crop(image: np.ndarray, mask: np.ndarray, *, margin: float = 0.05
   return local, False
 
 
+def resize_mask(mask: np.ndarray, shape) -> np.ndarray:
+  """bool mask resized (nearest neighbour) to (H, W) = shape."""
+  h, w = int(shape[0]), int(shape[1])
+  return np.asarray(Image.fromarray(np.asarray(mask, np.uint8) * 255).resize(
+      (w, h), Image.Resampling.NEAREST)) > 0
+
+
 class MaskStore:
   """Finds, loads and checks the mask of a record (picklable for workers)."""
 
@@ -179,6 +186,5 @@ class MaskStore:
         raise BadRecordError(
             f"mask shape {m.shape} does not match image shape {image.shape[:2]}"
             " (set data.resize_masks=True to resize masks)", file=p, row=where)
-      m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(
-          (image.shape[1], image.shape[0]), Image.Resampling.NEAREST)) > 0
+      m = resize_mask(m, image.shape[:2])
     return mask_and_crop(image, m, margin=self.margin)

@@ -40,4 +40,11 @@ def hash_config(config, workdir: str):
   return ath.hash_config(config, workdir, multi_label=multi_label)
 
 
-__all__ = ["ath", "classifier", "hash_config", "train_and_evaluate"]
+def file_local_views(config, workdir: str):
+  """ATH: the maker of loose files' local views (`ath.FileLocalViews`);
+  None for single-view systems."""
+  return ath.file_local_views(config, workdir)
+
+
+__all__ = ["ath", "classifier", "file_local_views", "hash_config",
+           "train_and_evaluate"]

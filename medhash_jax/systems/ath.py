@@ -343,6 +343,71 @@ def train_and_evaluate(config, workdir: str, **kwargs) -> Dict[str, Any]:
   return results
 
 
+class FileLocalViews:
+  """The local views of loose image files (query time, `--mode=encode|search
+  --input=...`): the stage-1 classifier's Grad-CAM of the predicted classes
+  (`ath.cam.modes.query`), Otsu, mask-and-crop at the image's own
+  resolution -- the steps stage 2 and the data layer take for a split.
+
+  Call: `views(images)` with a list of uint8 (H, W, C) images -> list of
+  (local uint8 view, fell_back) in the same order.
+  """
+
+  def __init__(self, config, workdir: str, batch_size: int = 32):
+    from medhash_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+    sdir = stage_dir(config, workdir)
+    model, variables, record = classifier_lib.load_for_inference(
+        os.path.join(sdir, "classifier"))
+    multi_label = None
+    stages = os.path.join(workdir, STAGES_FILE)
+    if os.path.exists(stages):
+      with open(stages, encoding="utf-8") as f:
+        multi_label = json.load(f).get("multi_label")
+    if multi_label is None:
+      from configs import common  # pylint: disable=g-import-not-at-top
+      multi_label = common.is_multi_label(record["data"])
+    self.mode = str(config[SECTION].cam.modes.query)
+    self.margin = float(config.data.mask_margin)
+    self.batch_size = int(batch_size)
+    self.size = int(record["image_size"])
+    self.pre = data_lib.Preprocessor(
+        image_size=self.size, channels=int(config.data.channels),
+        normalize=config.data.normalize, augment=None)
+    self._cam_fn = cam.make_cam_fn(model, variables, mode=self.mode,
+                                   multi_label=bool(multi_label),
+                                   apply_kwargs={"train": False})
+    self._otsu = jax.jit(cam.otsu_mask)
+
+  def masks(self, images) -> np.ndarray:
+    """bool (n, size, size): Otsu masks of the Grad-CAM maps."""
+    out = []
+    for s in range(0, len(images), self.batch_size):
+      chunk = images[s:s + self.batch_size]
+      x = np.zeros((self.batch_size,) + self.pre.zeros().shape,
+                   self.pre.zeros().dtype)   # fixed shape: one compile
+      for j, img in enumerate(chunk):
+        x[j] = self.pre(img)
+      masks = self._otsu(self._cam_fn(x, None))
+      out.append(np.asarray(masks, bool)[:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, self.size, self.size),
+                                                    bool)
+
+  def views(self, images):
+    masks = self.masks(images)
+    out = []
+    for img, m in zip(images, masks):
+      m = np.asarray(m, bool)
+      if m.shape != img.shape[:2]:   # nearest, as data.resize_masks does
+        m = mask_crop.resize_mask(m, img.shape[:2])
+      out.append(mask_crop.mask_and_crop(img, m, margin=self.margin))
+    return out
+
+
+def file_local_views(config, workdir: str, batch_size: int = 32):
+  """FileLocalViews for an ATH config, None for single-view systems."""
+  return FileLocalViews(config, workdir, batch_size) if is_ath(config) else None
+
+
 def _share_split(src_dir: str, workdir: str):
   """Copies the stage folder's split files into the workdir, so stage 3 uses
   the very split its masks were made for (the data layer re-checks it)."""

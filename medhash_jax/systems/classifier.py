@@ -194,6 +194,30 @@ def train_classifier(config, cls_cfg, workdir: str, stage_dir: str, *,
   return clf
 
 
+def load_for_inference(stage_dir: str):
+  """(model, variables, record) of the finished classifier in `stage_dir`,
+  without the data set: the architecture and class count come from the
+  run record saved beside the checkpoints."""
+  path = os.path.join(stage_dir, "checkpoints")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no classifier checkpoints in {path} (train the "
+                            "ATH system first)")
+  ckpt = ckpt_lib.Checkpointer(path, read_only=True, async_save=False)
+  try:
+    record = ckpt.saved_config()
+    if record is None:
+      raise FileNotFoundError(f"{path} has no run record; cannot rebuild the "
+                              "classifier")
+    raw = ckpt.restore_raw()
+  finally:
+    ckpt.close()
+  model = models.get_model(record["model"],
+                           num_classes=int(record["num_classes"]),
+                           **dict(record["kwargs"]))
+  variables = {k: raw[k] for k in ("params", "batch_stats") if raw.get(k)}
+  return model, variables, record
+
+
 def run_record(config, cls_cfg, ds) -> Dict[str, Any]:
   """What identifies a classifier run (checked when a stage dir is reused)."""
   return {"model": cls_cfg.model, "kwargs": cls_cfg.kwargs.to_dict(),

@@ -52,7 +52,8 @@ def list_images(spec: str) -> List[str]:
 class _Loaded:
   """A trained workdir opened for inference."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, local_views=None):
+    self.local_views = local_views
     self.run = loop.Run(config, workdir, for_training=False)
     if self.run.ckpt.latest_step() is None and not os.path.isdir(
         os.path.join(workdir, "best")):
@@ -74,28 +75,35 @@ class _Loaded:
     # Every process lists the same files; each decodes only its slice of
     # every padded global batch (the layout of the eval pipeline).
     lb, me = bs // jax.process_count(), jax.process_index()
-    if tuple(keys) != ("image",):
+    two_view = tuple(keys) == ("image", "local_image")
+    if tuple(keys) != ("image",) and not (two_view and self.local_views):
       raise NotImplementedError(
-          f"encoding loose files needs inputs {keys}; only single-view models "
-          "can encode files (use a configured dataset split instead)")
+          f"encoding loose files needs inputs {keys} and this system gives "
+          "no way to make them from a file (use a configured dataset split)")
     out = []
+    zeros = self.pre.zeros()
     for s in range(0, len(paths), bs):
       chunk = paths[s:s + bs]
       mine = chunk[me * lb:(me + 1) * lb]
-      imgs = np.zeros((lb,) + self.pre.zeros().shape, self.pre.zeros().dtype)
-      for j, p in enumerate(mine):
-        imgs[j] = self.pre(data_lib.decode_image(p))
+      decoded = [data_lib.decode_image(p) for p in mine]
+      inputs = {"image": np.zeros((lb,) + zeros.shape, zeros.dtype)}
+      for j, img in enumerate(decoded):
+        inputs["image"][j] = self.pre(img)
+      if two_view:   # the system's local view of each file (ATH: Grad-CAM)
+        inputs["local_image"] = np.zeros_like(inputs["image"])
+        for j, (local, _) in enumerate(self.local_views(decoded)):
+          inputs["local_image"][j] = self.pre(local)
       codes = self.run.encode_fn(self.variables,
-                                 mesh_lib.shard_batch({"image": imgs}, mesh))
+                                 mesh_lib.shard_batch(inputs, mesh))
       # Replicated output: every process reads the whole global batch.
       out.append(np.asarray(jax.device_get(codes))[:len(chunk)])
     return np.concatenate(out).astype(np.float32)
 
 
 def encode(config, workdir: str, *, input_spec: str = "", split: str = "database",
-           output: str = "") -> Dict[str, Any]:
+           output: str = "", local_views=None) -> Dict[str, Any]:
   """Writes an index (+ meta) of a split or of image files; returns a summary."""
-  loaded = _Loaded(config, workdir)
+  loaded = _Loaded(config, workdir, local_views)
   output = output or os.path.join(workdir, "encoded.mhi")
   index = HammingIndex(config.num_bits)
   if input_spec:
@@ -136,7 +144,8 @@ def _label_text(row: np.ndarray, class_names: np.ndarray) -> str:
 
 
 def search(config, workdir: str, *, input_spec: str, k: int = 10,
-           index_path: str = "", output: str = "") -> List[Dict[str, Any]]:
+           index_path: str = "", output: str = "", local_views=None
+           ) -> List[Dict[str, Any]]:
   """Top-k database items for each query image; prints a table, writes JSON."""
   if not input_spec:
     raise ValueError("--mode=search needs --input (query image, folder or list)")
@@ -147,7 +156,7 @@ def search(config, workdir: str, *, input_spec: str, k: int = 10,
                      f"config has num_bits={config.num_bits}")
   meta = (dict(np.load(meta_path(index_path), allow_pickle=False))
           if os.path.exists(meta_path(index_path)) else {})
-  loaded = _Loaded(config, workdir)
+  loaded = _Loaded(config, workdir, local_views)
   paths = list_images(input_spec)
   codes = loaded.encode_files(paths)
   dist, ids = index.search(codes, min(k, len(index)))
