@@ -288,3 +288,35 @@ def test_ath_configs_paper_settings_and_ablations():
     assert a.loss.name == "ath" and a.model.kwargs.class_head
   with pytest.raises(ValueError, match="one ablation"):
     ath_config.get_config("se,cbam")
+
+
+SMOKE_RUNS = [(m, "smoke") for m in ("hashnet", "dsh", "dch", "dfh", "dpn",
+                                      "isdh", "dtsh", "lcdsh", "csq", "mth",
+                                      "sa_hash")] + [
+    ("ath", f"{a},smoke") for a in ("no_attention", "se", "cbam")]
+
+
+@pytest.mark.parametrize("name,arg", SMOKE_RUNS)
+def test_smoke_variant_trains_and_evaluates(name, arg, data_dir,
+                                            tmp_path_factory):
+  """Every config's :smoke variant end to end (DPSH and ATH run in the
+  suite fixture above): a few steps, val selection, test metrics, index."""
+  c = importlib.import_module(f"configs.{name}").get_config(arg)
+  with c.unlocked():
+    c.data.root = data_dir
+    c.train.num_steps = 3
+    c.train.log_every_steps = 1
+    c.train.eval_every_steps = 0
+    c.train.checkpoint_every_steps = 3
+    if "ath" in c:   # the ablations share one classifier and its masks
+      c.ath.classifier.num_steps = 3
+      c.ath.cam.num_overlays = 2
+      c.ath.stage_dir = str(tmp_path_factory.getbasetemp() / "ath_smoke_stages")
+  wd = str(tmp_path_factory.mktemp(f"{name}_{arg.replace(',', '_')}"))
+  results = systems.train_and_evaluate(c, wd)
+  assert results["train"]["steps"] == 3
+  assert np.isfinite(results["train"]["final_loss"])
+  test = results["metrics"]["test"]
+  assert 0.0 <= test["map@10"] <= 1.0 and 0.0 < test["map@10/chance"] < 1.0
+  assert os.path.isfile(os.path.join(wd, "results.json"))
+  assert os.path.isfile(results["index_file"])
