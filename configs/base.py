@@ -63,7 +63,7 @@ def smoke(c: ml_collections.ConfigDict) -> None:
   c.train.keep_checkpoints = 2
   c.optim.learning_rate = 0.01
   c.eval.ks = (10, 50)
-  c.eval.select_metric = "map@50"
+  c.eval.select_metric = "map@50/tie_aware"
 
 
 def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

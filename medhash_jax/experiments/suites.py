@@ -92,7 +92,7 @@ def _folder_suite(name, dataset, description, image_size=64):
                  "data.normalize": "imagenet", "data.augment.rotate_degrees": 10.0,
                  "train.num_steps": 1500, "train.eval_every_steps": 500,
                  "train.checkpoint_every_steps": 500,
-                 "eval.select_metric": "map@100",
+                 "eval.select_metric": "map@100/tie_aware",
                  "ath.classifier.num_steps": 600,
                  "ath.classifier.kwargs.small_input": False},
       method_overrides=standard_stem)
@@ -179,8 +179,9 @@ def method_config(suite: Suite, method: str, bits: int, seed: int,
   c.num_bits = int(bits)
   c.seed = int(seed)
   c.eval.ks = KS
-  if c.eval.select_metric.split("@")[-1] not in ("10", "100", "all"):
-    c.eval.select_metric = "map@100"
+  if c.eval.select_metric.split("@")[-1].split("/")[0] not in (
+      "10", "100", "all"):
+    c.eval.select_metric = "map@100/tie_aware"
   if "ath" in c:
     c.ath.stage_dir = os.path.join(stage_root, f"seed{seed}")
   if "multi_label" in c.loss.kwargs:  # follow the suite's dataset

@@ -69,7 +69,10 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict(dict(
       ks=(10, 100),          # cut-offs of the retrieval report
-      select_metric="map@100",  # val key that selects the model (higher wins)
+      # val key that selects the model (higher wins). Tie-aware: with short
+      # or collapsed codes the index-ordered value depends on the database
+      # file order (class-sorted in HAM10000's CSV), not on the model.
+      select_metric="map@100/tie_aware",
   ))
 
   c.resume = ""     # another run's workdir / checkpoint: full state
