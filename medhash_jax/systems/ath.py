@@ -363,9 +363,8 @@ class FileLocalViews:
     if os.path.exists(stages):
       with open(stages, encoding="utf-8") as f:
         multi_label = json.load(f).get("multi_label")
-    if multi_label is None:
-      from configs import common  # pylint: disable=g-import-not-at-top
-      multi_label = common.is_multi_label(record["data"])
+    if multi_label is None:  # no stage record: the config's own setting
+      multi_label = bool(config.loss.kwargs.get("multi_label", False))
     self.mode = str(config[SECTION].cam.modes.query)
     self.margin = float(config.data.mask_margin)
     self.batch_size = int(batch_size)
