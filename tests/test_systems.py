@@ -156,7 +156,8 @@ def test_suite_writes_table_curves_and_gallery(suite_run):
   with open(out["csv"]) as f:
     header = f.readline().strip().split(",")
   for col in ("method", "bits", "map@10", "map@all", "ndcg@100", "ndcg@all",
-              "p@r2", "map@10_tie", "chance", "train_time_s",
+              "p@r2", "map@10_tie", "map@all_tie", "chance", "chance_map@all",
+              "train_time_s",
               "encode_ms_per_image", "query_ms", "index_bytes"):
     assert col in header, col
   runs = {(r["method"], r["bits"]): r["row"] for r in info["runs"]}

@@ -25,6 +25,7 @@ def _metrics_row(test: Dict[str, float]) -> Dict[str, float]:
           "ndcg@100": test.get("ndcg@100"), "ndcg@all": test.get("ndcg@all"),
           "p@r2": test.get("precision@radius2"),
           "map@10_tie": test.get("map@10/tie_aware"),
+          "map@all_tie": test.get("map@all/tie_aware"),
           "chance": test.get("map@10/chance"),
           "chance_map@all": test.get("map@all/chance")}
 

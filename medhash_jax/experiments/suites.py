@@ -27,7 +27,8 @@ ABLATIONS = ("ath:no_attention", "ath:se", "ath:cbam")
 SHALLOW = ("lsh", "pcah", "itq", "ssh")
 KS = (10, 100, None)
 COLUMNS = ("method", "bits", "map@10", "map@all", "ndcg@100", "ndcg@all",
-           "p@r2", "map@10_tie", "chance", "chance_map@all", "train_time_s",
+           "p@r2", "map@10_tie", "map@all_tie", "chance", "chance_map@all",
+           "train_time_s",
            "encode_ms_per_image", "query_ms", "index_bytes")
 
 

@@ -15,7 +15,9 @@ ndcg@100              nDCG@100                 4 decimals
 ndcg@all              nDCG@all                 4 decimals
 p@r2                  P@r≤2                    4 decimals (aliases p@radius2)
 map@10_tie            mAP@10 tie-aware         4 decimals
-chance                Chance mAP               4 decimals
+map@all_tie           mAP@all tie-aware        4 decimals
+chance                Chance mAP@10            4 decimals
+chance_map@all        Chance mAP@all           4 decimals
 train_time_s          Train (s)                1 decimal
 encode_ms_per_image   Encode (ms/img)          3 decimals
 query_ms              Query (ms)               3 decimals
@@ -52,7 +54,9 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("ndcg@all", "nDCG@all", "metric"),
     ("p@r2", "P@r≤2", "metric"),
     ("map@10_tie", "mAP@10 tie-aware", "metric"),
-    ("chance", "Chance mAP", "metric"),
+    ("map@all_tie", "mAP@all tie-aware", "metric"),
+    ("chance", "Chance mAP@10", "metric"),
+    ("chance_map@all", "Chance mAP@all", "metric"),
     ("train_time_s", "Train (s)", "seconds"),
     ("encode_ms_per_image", "Encode (ms/img)", "ms"),
     ("query_ms", "Query (ms)", "ms"),
@@ -62,6 +66,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 ALIASES = {
     "p@r2": ("p@radius2", "p@r<=2", "precision@radius2", "p_r2"),
     "map@10_tie": ("map@10_tie_aware", "tie_aware_map@10", "map@10_tieaware"),
+    "map@all_tie": ("map@all_tie_aware", "tie_aware_map@all"),
     "chance": ("chance_map", "chance_level"),
     "train_time_s": ("train_time", "training_time", "training_time_s"),
     "encode_ms_per_image": ("encode_ms", "encode_ms_image"),
