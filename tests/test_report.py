@@ -100,3 +100,16 @@ def test_gallery_png(tmp_path):
     report.render_gallery(np.zeros((2, 4, 4)), [[np.zeros((4, 4))]] * 2,
                           np.zeros((3, 1), bool))
   assert os.path.getsize(path) > 0
+
+
+def test_spread_queries_round_robin_over_classes():
+  # Stored class by class: 5 of class 0, 3 of class 1, 1 unlabelled, 2 of 2.
+  labels = np.zeros((11, 3))
+  labels[:5, 0] = 1
+  labels[5:8, 1] = 1
+  labels[9:, 2] = 1
+  pick = report.spread_queries(labels, 7)
+  np.testing.assert_array_equal(pick, [0, 5, 9, 8, 1, 6, 10])
+  # A shorter request is a prefix (the gallery's queries have ATH overlays).
+  np.testing.assert_array_equal(report.spread_queries(labels, 3), pick[:3])
+  assert sorted(report.spread_queries(labels, 50)) == list(range(11))

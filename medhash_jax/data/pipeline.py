@@ -94,6 +94,13 @@ class ExampleLoader:
     out["image"] = self.pre(img, rng)
     return out
 
+  def display_image(self, pos: int) -> np.ndarray:
+    """uint8 (s, s, C) of split position ``pos`` as the model sees it at eval
+    time, before normalisation (for galleries and overlays: min-max scaling a
+    per-channel-normalised input shifts its colours)."""
+    return self.pre.geometry(
+        self.source.read_image(int(self.indices[pos])), None)
+
   def example(self, pos: int, rng: np.random.Generator | None) -> dict[str, Any]:
     i = int(self.indices[pos])
     ex = self.views(pos, rng)

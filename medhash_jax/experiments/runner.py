@@ -331,33 +331,34 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
 
 def write_gallery(path: str, method: str, q_codes, db_codes, ds, *,
                   workdir: str, seed: int, bits: int, n: int = 4, k: int = 10):
-  """Top-k of the first n queries; ATH's Grad-CAM overlay when it exists."""
+  """Top-k of n queries spread over the classes; ATH's Grad-CAM overlay
+  when it exists."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from medhash_jax import report  # pylint: disable=g-import-not-at-top
   from medhash_jax.data import mask_crop  # pylint: disable=g-import-not-at-top
   from medhash_jax.retrieval import HammingIndex  # pylint: disable=g-import-not-at-top
   q_ds, db_ds = ds.eval["query"], ds.eval["database"]
-  n = min(n, q_ds.size)
+  q_lab, db_lab = q_ds.labels, db_ds.labels
+  pick = report.spread_queries(q_lab, n)   # the queries ATH has overlays of
+  n = pick.size
   k = min(k, db_ds.size)
   index = HammingIndex(q_codes.shape[1])
   index.add(db_codes)
-  dist, ids = index.search(q_codes[:n], k)
+  dist, ids = index.search(np.asarray(q_codes)[pick], k)
   names = np.asarray(ds.class_names)
   caption = lambda lab: [str(names[i]) for i in np.flatnonzero(lab > 0.5)]
-  q_img = [q_ds.loader.example(i, None)["image"] for i in range(n)]
-  r_img = [[db_ds.loader.example(int(j), None)["image"] for j in row]
-           for row in ids]
-  q_lab, db_lab = q_ds.labels, db_ds.labels
-  relevant = (q_lab[:n] @ db_lab.T > 0)[np.arange(n)[:, None], ids]
+  q_img = [q_ds.loader.display_image(int(i)) for i in pick]
+  r_img = [[db_ds.loader.display_image(int(j)) for j in row] for row in ids]
+  relevant = (q_lab[pick] @ db_lab.T > 0)[np.arange(n)[:, None], ids]
   overlays = None
   ov_dir = os.path.join(workdir, "ath", f"b{bits}-s{seed}", "gradcam", "overlay")
   if os.path.isdir(ov_dir):
-    files = [os.path.join(ov_dir, mask_crop.mask_key(str(i)) + ".png")
-             for i in q_ds.ids[:n]]
+    files = [os.path.join(ov_dir, mask_crop.mask_key(str(q_ds.ids[i])) + ".png")
+             for i in pick]
     if all(os.path.exists(f) for f in files):
       overlays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
   report.save_gallery(path, q_img, r_img, relevant, distances=dist,
-                      query_labels=[caption(l) for l in q_lab[:n]],
+                      query_labels=[caption(l) for l in q_lab[pick]],
                       result_labels=[[caption(db_lab[j]) for j in row]
                                      for row in ids],
                       overlays=overlays)

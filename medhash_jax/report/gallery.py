@@ -25,6 +25,27 @@ BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 
 
+def spread_queries(labels, n: int) -> np.ndarray:
+  """Positions of n queries taken round-robin over the classes (each query's
+  first label; unlabelled rows form one group), earliest first within a
+  class, so a split stored class by class (HAM10000's CSV) still shows every
+  class instead of its first n rows.
+
+  Args:
+    labels: (N, C) multi-hot query labels.
+  """
+  labels = np.asarray(labels) > 0.5
+  n = min(int(n), labels.shape[0])
+  group = np.where(labels.any(1), labels.argmax(1), labels.shape[1])
+  queues = [list(np.flatnonzero(group == g)) for g in np.unique(group)]
+  out = []
+  while len(out) < n:
+    for q in queues:
+      if q and len(out) < n:
+        out.append(q.pop(0))
+  return np.asarray(out, np.int64)
+
+
 def _to_rgb(image) -> np.ndarray:
   """(H, W[, C]) uint8 or float (min-max scaled for display) -> uint8 RGB."""
   a = np.asarray(image)

@@ -219,30 +219,40 @@ def assemble_local_view_dir(root: str, ds, modes: Dict[str, str],
   return doc
 
 
+def overlay_queries(ds, n: int):
+  """Query positions that get overlays: spread over the classes, the same
+  choice as the experiment gallery's."""
+  from medhash_jax import report  # pylint: disable=g-import-not-at-top
+  return report.spread_queries(ds.eval["query"].labels, n)
+
+
 def overlay_names(ds, n: int) -> list:
-  return [mask_crop.mask_key(str(i)) for i in ds.eval["query"].ids[:n]]
+  ids = ds.eval["query"].ids
+  return [mask_crop.mask_key(str(ids[i])) for i in overlay_queries(ds, n)]
 
 
 def write_query_overlays(clf: classifier_lib.Classifier, mode: str,
                          masks_root: str, out_dir: str, n: int) -> list:
-  """Grad-CAM overlays (heat map + Otsu outline) of the first n queries:
+  """Grad-CAM overlays (heat map + Otsu outline) of n queries spread over
+  the classes (`overlay_queries`):
   `{out_dir}/{id}.png` = [image | overlay], `{out_dir}/overlay/{id}.png` =
   the overlay alone (what the retrieval gallery shows)."""
   q = clf.ds.eval["query"]
-  n = min(int(n), q.size)
-  if n <= 0:
+  pick = overlay_queries(clf.ds, n)
+  if pick.size == 0:
     return []
-  examples = [q.loader.example(i, None) for i in range(n)]
-  images = np.stack([e["image"] for e in examples])
+  examples = [q.loader.example(int(i), None) for i in pick]
+  images = np.stack([e["image"] for e in examples])      # normalised: the CAM
+  shown = np.stack([q.loader.display_image(int(i)) for i in pick])  # uint8
   labels = np.stack([e["labels"] for e in examples])
   cam_fn = cam.make_cam_fn(clf.model, clf.variables, mode=mode,
                            multi_label=clf.ds.multi_label,
                            apply_kwargs={"train": False})
   heat = np.asarray(cam_fn(images, labels if mode == "true" else None))
-  masks = cam.load_masks(os.path.join(masks_root, mode), "query")[:n]
+  masks = cam.load_masks(os.path.join(masks_root, mode), "query")[pick]
   names = overlay_names(clf.ds, n)
-  paths = cam.write_overlays(out_dir, images, heat, masks, names)
-  cam.write_overlays(os.path.join(out_dir, "overlay"), images, heat, masks,
+  paths = cam.write_overlays(out_dir, shown, heat, masks, names)
+  cam.write_overlays(os.path.join(out_dir, "overlay"), shown, heat, masks,
                      names, side_by_side=False)
   return paths
 
