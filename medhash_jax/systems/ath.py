@@ -385,21 +385,24 @@ class FileLocalViews:
     self._cam_fn = cam.make_cam_fn(model, variables, mode=self.mode,
                                    multi_label=bool(multi_label),
                                    apply_kwargs={"train": False})
-    self._otsu = jax.jit(cam.otsu_mask)
 
   def masks(self, images) -> np.ndarray:
-    """bool (n, size, size): Otsu masks of the Grad-CAM maps."""
-    out = []
-    for s in range(0, len(images), self.batch_size):
-      chunk = images[s:s + self.batch_size]
-      x = np.zeros((self.batch_size,) + self.pre.zeros().shape,
-                   self.pre.zeros().dtype)   # fixed shape: one compile
-      for j, img in enumerate(chunk):
-        x[j] = self.pre(img)
-      masks = self._otsu(self._cam_fn(x, None))
-      out.append(np.asarray(masks, bool)[:len(chunk)])
-    return np.concatenate(out) if out else np.zeros((0, self.size, self.size),
-                                                    bool)
+    """bool (n, size, size): Otsu masks of the Grad-CAM maps (stage 2's
+    `cam.compute_masks` over fixed-shape padded batches: one compile)."""
+    n, b = len(images), self.batch_size
+    if n == 0:
+      return np.zeros((0, self.size, self.size), bool)
+
+    def batches():
+      for s in range(0, n, b):
+        chunk = images[s:s + b]
+        x = np.zeros((b,) + self.pre.zeros().shape, self.pre.zeros().dtype)
+        for j, img in enumerate(chunk):
+          x[j] = self.pre(img)
+        yield {"image": x, "index": np.arange(s, s + b),
+               "valid": np.arange(b) < len(chunk)}
+
+    return cam.compute_masks(self._cam_fn, batches(), num_examples=n) > 0
 
   def views(self, images):
     masks = self.masks(images)
