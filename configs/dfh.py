@@ -1,4 +1,5 @@
-"""DFH (Li et al., BMVC 2019): pairwise margin likelihood + quantisation.
+"""DFH (Li et al., BMVC 2019): pairwise margin likelihood + quantisation towards
+binary codes pulled to discrete class centres (solved on each batch).
 
   python -m medhash_jax.main --config=configs/dfh.py[:smoke] --workdir=DIR
 

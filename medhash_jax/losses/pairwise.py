@@ -144,19 +144,55 @@ def dsh(*, codes, labels, margin=None, regularization_weight: float = 0.01):
                                              "regularizer": reg}
 
 
+def dfh_class_centers(y, b, *, nu: float = 1.0, passes: int = 2):
+  """DFH's discrete class-centre sub-problem on one batch (no gradient).
+
+  Binary centres C (num_classes, K) close to their classes' codes and far
+  from each other:  min_C  -tr(C^T Y^T B) + sum_{i != j} (Y^T Y + nu)_ij
+  C_i . C_j, solved by discrete cyclic coordinate descent (the paper's
+  DCC): one class at a time,
+    C_i = sign(Q_i - sum_{j != i} ((Y^T Y)_ij + nu) C_j),  Q = Y^T B,
+  from C = 0, `passes` sweeps over the classes (sign(0) = +1).
+
+  Args:
+    y: (B, C) multi-hot labels.  b: (B, K) binary codes in {-1, +1}.
+  Returns:
+    (C, K) float32 centres in {-1, +1}.
+  """
+  y = jax.lax.stop_gradient(jnp.asarray(y, jnp.float32))
+  q = y.T @ jax.lax.stop_gradient(b)                      # (C, K)
+  couple = y.T @ y + nu                                   # (C, C)
+  num_classes = q.shape[0]
+  couple = couple * (1.0 - jnp.eye(num_classes))          # j != i only
+
+  def update(i, centers):
+    row = common.sign(q[i] - couple[i] @ centers)
+    return centers.at[i].set(row)
+
+  centers = jnp.zeros_like(q)
+  for _ in range(passes):
+    centers = jax.lax.fori_loop(0, num_classes, update, centers)
+  return centers
+
+
 def dfh(*, codes, labels, margin: float = 3.0, alpha: float = 0.5,
-        quantization_weight: float = 0.5):
+        quantization_weight: float = 0.5, center_weight: float = 0.1,
+        center_nu: float = 1.0, center_passes: int = 2):
   """DFH: Li, Pei, Zha, van Gemert, "Push for Quantization: Deep Fisher
-  Hashing", BMVC 2019 (its pairwise margin likelihood).
+  Hashing", BMVC 2019.
 
     Theta_ij = alpha u_i . u_j
     L_m = mean_P [S_ij log(1 + exp(m - Theta_ij))
                   + (1 - S_ij) log(1 + exp(m + Theta_ij))]
+    C   = binary class centres of the batch (`dfh_class_centers`, the
+          Fisher part: codes near their class centre, centres apart)
+    b_i = sign(mu C^T y_i + u_i)          (the paper's b-step, mu = center_weight)
     L_q = mean_{ik} (b_ik - u_ik)^2
     L   = L_m + eta L_q
-  The paper's b comes from class centres updated by an inner optimisation
-  between batches; this pure batch loss uses b = sign(u) (the limit of a zero
-  centre weight, mu = 0), which keeps the margin term and the push to +-1.
+  The paper keeps C and every training code between batches and alternates
+  C-, b- and network steps; this pure batch loss solves the C- and b-steps
+  on the global batch at each step (the centres see only the batch's codes).
+  center_weight = 0 gives b = sign(u).
 
   Returns:
     (loss, {"margin_likelihood", "quantization"}).
@@ -168,7 +204,12 @@ def dfh(*, codes, labels, margin: float = 3.0, alpha: float = 0.5,
   per = (s * jax.nn.softplus(margin - theta) +
          (1.0 - s) * jax.nn.softplus(margin + theta))
   lm = common.pair_mean(per, mask)
-  quant = jnp.mean((common.sign(u) - u) ** 2)
+  b = common.sign(u)
+  if center_weight:
+    y = common.as_multi_hot(labels)
+    centers = dfh_class_centers(y, b, nu=center_nu, passes=center_passes)
+    b = common.sign(center_weight * (y @ centers) + u)
+  quant = jnp.mean((b - u) ** 2)
   return lm + quantization_weight * quant, {"margin_likelihood": lm,
                                             "quantization": quant}
 

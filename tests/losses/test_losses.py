@@ -111,13 +111,33 @@ def np_dsh(u, y, m=None, alpha=0.01):
   return tot / len(_pairs()) + alpha * np.mean(np.abs(np.abs(u) - 1))
 
 
-def np_dfh(u, y, m=3.0, alpha=0.5, eta=0.5):
+def np_dfh_centers(y, b, nu=1.0, passes=2):
+  """DCC written out: class after class, C_i = sgn(sum of class i's codes
+  - sum over other classes j of (co-occurrences(i, j) + nu) C_j)."""
+  n_cls = y.shape[1]
+  cen = np.zeros((n_cls, b.shape[1]))
+  for _ in range(passes):
+    for i in range(n_cls):
+      acc = sum(b[n] for n in range(len(b)) if y[n, i] > 0) + np.zeros(b.shape[1])
+      for j in range(n_cls):
+        if j != i:
+          acc = acc - (float(np.sum(y[:, i] * y[:, j])) + nu) * cen[j]
+      cen[i] = _sgn(acc)
+  return cen
+
+
+def np_dfh(u, y, m=3.0, alpha=0.5, eta=0.5, mu=0.1, nu=1.0):
   tot = 0.0
   for i, j in _pairs():
     s = _sim(y, i, j)
     th = alpha * u[i] @ u[j]
     tot += s * math.log(1 + math.exp(m - th)) + (1 - s) * math.log(1 + math.exp(m + th))
-  return tot / len(_pairs()) + eta * np.mean((_sgn(u) - u) ** 2)
+  b = _sgn(u)
+  if mu:
+    cen = np_dfh_centers(y, b, nu)
+    b = np.stack([_sgn(mu * sum(y[n, c] * cen[c] for c in range(y.shape[1]))
+                       + u[n]) for n in range(len(u))])
+  return tot / len(_pairs()) + eta * np.mean((b - u) ** 2)
 
 
 def np_lcdsh(u, y, alpha=0.5, lam=3.0):
@@ -292,6 +312,41 @@ def test_hyperparameters_and_variants():
                   ("logcosh", np.log(np.cosh(np.abs(u) - 1.0)))):
     np.testing.assert_allclose(_run("quantization", u, y, kind=kind)[0],
                                q.mean(), rtol=1e-5)
+
+
+def test_dfh_class_centres():
+  """DFH's C- and b-steps: the DCC centres and the loss against the numpy
+  transcription with a centre weight large enough to move many bits, the
+  mu = 0 limit (b = sign(u)), and what the centres mean on a clear case."""
+  from medhash_jax.losses import pairwise  # pylint: disable=g-import-not-at-top
+  for multi_label in (True, False):
+    u, y, _, _ = _batch(5, multi_label)
+    b = _sgn(u)
+    np.testing.assert_array_equal(
+        np.asarray(pairwise.dfh_class_centers(jnp.asarray(y), jnp.asarray(b))),
+        np_dfh_centers(y, b))
+    np.testing.assert_allclose(_run("dfh", u, y, center_weight=0.8)[0],
+                               np_dfh(u.astype(np.float64), y, mu=0.8),
+                               rtol=RTOL)
+    flipped = _sgn(0.8 * y @ np_dfh_centers(y, b) + u) != b
+    assert flipped.any()  # the centre term really changes b here
+    np.testing.assert_allclose(_run("dfh", u, y, center_weight=0.0)[0],
+                               np_dfh(u.astype(np.float64), y, mu=0.0),
+                               rtol=RTOL)
+  # Two classes whose codes agree within the class: each centre is its
+  # class's code, and a code near the boundary is pulled to its centre.
+  code_a = np.array([1, 1, -1, -1, 1, -1, 1, -1], np.float32)
+  code_b = -code_a
+  y2 = np.eye(2, dtype=np.float32)[[0, 0, 0, 1, 1, 1]]
+  u2 = np.stack([code_a, code_a, code_a, code_b, code_b, code_b]) * 0.9
+  u2[0, 0] = -0.05  # class 0 sample whose first bit sits on the wrong side
+  cen = np.asarray(pairwise.dfh_class_centers(jnp.asarray(y2),
+                                              jnp.asarray(_sgn(u2))))
+  np.testing.assert_array_equal(cen, np.stack([code_a, code_b]))
+  _, terms = _run("dfh", u2, y2, center_weight=0.1, quantization_weight=1.0)
+  want_b = np.stack([code_a] * 3 + [code_b] * 3)
+  np.testing.assert_allclose(terms["quantization"],
+                             np.mean((want_b - u2) ** 2), rtol=1e-6)
 
 
 def test_hashnet_weights_balance_similar_and_dissimilar_pairs():
