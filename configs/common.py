@@ -7,7 +7,8 @@
 * `is_multi_label(name)`: whether a dataset is multi-label (the seed-system
   losses take it as a hyper-parameter).
 * `pairwise_baseline(loss, arg, **loss_kwargs)`: a baseline config over the
-  shared backbone (base.py) in three lines.
+  shared backbone (base.py) in three lines, with the optimiser, learning
+  rate or hash activation replaced where a baseline needs it.
 """
 
 import os
@@ -56,11 +57,21 @@ def base_config(smoke: bool) -> ml_collections.ConfigDict:
   return c
 
 
-def pairwise_baseline(loss: str, arg=None, **loss_kwargs):
-  """A baseline: base.py's backbone and data, `loss` with `loss_kwargs`."""
+def pairwise_baseline(loss: str, arg=None, *, optimizer: str = "",
+                      learning_rate: float = 0.0, hash_activation: str = "",
+                      **loss_kwargs):
+  """A baseline: base.py's backbone and data, `loss` with `loss_kwargs`;
+  `optimizer`, `learning_rate` and `hash_activation` replace the shared
+  settings when given (each config's docstring says why it needs to)."""
   smoke, _ = parse_arg(arg)
   c = base_config(smoke)
   c.method = loss
   c.loss.name = loss
   c.loss.kwargs = ml_collections.ConfigDict(loss_kwargs)
+  if optimizer:
+    c.optim.name = optimizer
+  if learning_rate:
+    c.optim.learning_rate = learning_rate
+  if hash_activation:
+    c.model.kwargs.hash_activation = hash_activation
   return base.finalize(c)

@@ -29,8 +29,5 @@ from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-p
 
 
 def get_config(arg=None):
-  c = common.pairwise_baseline("dsh", arg)
-  with c.unlocked():
-    c.model.kwargs.hash_activation = "identity"
-    c.optim.learning_rate = 0.003
-  return c
+  return common.pairwise_baseline("dsh", arg, learning_rate=0.003,
+                                  hash_activation="identity")
