@@ -7,8 +7,9 @@ hyper-parameters are its defaults (medhash_jax/losses). Two settings differ,
 both because of the same failure: with the shared tanh hash layer and SGD at
 lr 0.01 (hash layer 10x) the codes collapsed to one code on BreastMNIST
 (48 bits, 200 steps: tie-aware mAP@all 0.611 = chance; the gradient norm
-fell from 0.78 to 0.006 by step 30). The hinge is averaged over bits, so
-each output gets a gradient ~1/(B K); Adam does not depend on that scale.
+fell from 0.78 at step 10 to below 0.01 by step 40). The hinge is averaged
+over bits, so each output gets a gradient ~1/(B K); Adam does not depend on
+that scale.
 A linear hash layer is where the hinge can be met (|u| >= 1 on the target
 side), as in the paper; with tanh it never is.
 
