@@ -128,6 +128,29 @@ def test_ath_rerun_reuses_every_stage(suite_run):
   assert cfg3.data.mask_dir == ath_lib.local_view_dir(cfg, wd)
 
 
+def test_suite_reuses_only_runs_of_the_same_config(suite_run):
+  from medhash_jax.experiments import runner
+  root = suite_run["root"] / "runs"
+  for method in ("dpsh", "ath"):
+    wd = str(root / method / "b16-s0")
+    runner.check_reusable(experiments.method_config(
+        suite_run["suite"], method, 16, 0, str(root / "_ath_stages"), STEPS), wd)
+  # Another step count: refused before anything is trained, naming the key.
+  with pytest.raises(ckpt_lib.ConfigMismatchError,
+                     match=r"(?s)dpsh.*--rerun.*train.num_steps: checkpoint "
+                     rf"has {STEPS}, config has {STEPS + 1}"):
+    experiments.run_suite(suite_run["suite"], str(root.parent / "out2"),
+                          str(root), methods=["dpsh"], bits=[16],
+                          steps=STEPS + 1)
+  other = experiments.with_overrides(suite_run["suite"],
+                                     {"optim.learning_rate": 0.5})
+  with pytest.raises(ckpt_lib.ConfigMismatchError, match="learning_rate"):
+    runner.check_reusable(experiments.method_config(
+        other, "ath", 16, 0, str(root / "_ath_stages"), STEPS),
+        str(root / "ath" / "b16-s0"))
+  assert not os.path.exists(root.parent / "out2" / "results.md")
+
+
 def test_classifier_of_another_config_is_refused(suite_run):
   cfg = _ath_config(suite_run)
   wd = _ath_workdir(suite_run)

@@ -3,7 +3,7 @@ r"""Reproducible results: every method x code length on one dataset.
   python -m medhash_jax.experiments --suite=smoke
   python -m medhash_jax.experiments --suite=breastmnist [--output=results/x]
       [--workdir=runs/experiments/x] [--methods=dpsh,ath] [--bits=16,32]
-      [--seeds=0,1,2] [--steps=N] [--rerun]
+      [--seeds=0,1,2] [--steps=N] [--set=key=value ...] [--rerun]
 
 For each deep method (its `configs/<method>.py`, starting from the suite's
 variant, with the suite's overrides), each code length and each seed, one run
@@ -26,7 +26,10 @@ Written to the output folder:
                              its Grad-CAM overlay
   runs.json                  every run's numbers, the command, commit,
                              machine, seeds and settings
-A finished run (its results.json) is reused unless --rerun.
+A finished run (its results.json) is reused unless --rerun, and only when
+the config it was trained with equals this suite's (logging, checkpoint
+cadence and loader parallelism aside); otherwise the suite stops and names
+the keys that differ.
 """
 
 from medhash_jax.experiments.runner import Trained
@@ -36,6 +39,9 @@ from medhash_jax.experiments.suites import DISPLAY
 from medhash_jax.experiments.suites import SUITES
 from medhash_jax.experiments.suites import Suite
 from medhash_jax.experiments.suites import method_config
+from medhash_jax.experiments.suites import parse_setting
+from medhash_jax.experiments.suites import with_overrides
 
 __all__ = ["ALL_DEEP", "DISPLAY", "SUITES", "Suite", "Trained",
+           "parse_setting", "with_overrides",
            "method_config", "run_suite"]

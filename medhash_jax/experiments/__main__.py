@@ -11,6 +11,8 @@ from absl import logging
 
 from medhash_jax.experiments.runner import run_suite
 from medhash_jax.experiments.suites import SUITES
+from medhash_jax.experiments.suites import parse_setting
+from medhash_jax.experiments.suites import with_overrides
 
 def _define_flags():
   """Defined only when run as a program, so importing this module (tests,
@@ -24,6 +26,10 @@ def _define_flags():
   flags.DEFINE_list("seeds", [], "seeds (default the suite's)")
   flags.DEFINE_integer("steps", 0, "override every run's number of steps")
   flags.DEFINE_bool("rerun", False, "retrain runs that already finished")
+  flags.DEFINE_multi_string(
+      "set", [], "key=value set on every run's config, after the suite's "
+      "overrides (repeatable), e.g. --set=data.image_size=32 "
+      "--set=model.dtype=bfloat16")
 
 
 FLAGS = flags.FLAGS
@@ -42,7 +48,11 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietOrbax())
   if FLAGS.suite not in SUITES:
     raise app.UsageError(f"unknown suite {FLAGS.suite!r}; known: {sorted(SUITES)}")
-  suite = SUITES[FLAGS.suite]
+  try:
+    settings = dict(parse_setting(t) for t in FLAGS.set)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  suite = with_overrides(SUITES[FLAGS.suite], settings)
   info = run_suite(
       suite, FLAGS.output or os.path.join("results", suite.name),
       FLAGS.workdir or os.path.join("runs", "experiments", suite.name),

@@ -59,6 +59,32 @@ def _merge_seeds(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
   return out
 
 
+# Keys that do not change what a finished run computed: logging, checkpoint
+# cadence, where the data lives and how many threads read it.
+REUSE_IGNORED_KEYS = (
+    "train.log_every_steps", "train.checkpoint_every_steps",
+    "train.keep_checkpoints", "resume", "data.root", "data.path",
+    "data.num_workers", "data.worker_buffer_size", "data.read_threads",
+    "data.prefetch_buffer_size")
+
+
+def check_reusable(config, workdir: str):
+  """Refuses to reuse a finished run trained under another config (another
+  --steps, --set, or a config file edited since), naming every key that
+  differs; runs without a config record (none are written so) pass."""
+  from medhash_jax import systems  # pylint: disable=g-import-not-at-top
+  from medhash_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "checkpoints", ckpt_lib.CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  ckpt_lib.check_config_compatible(
+      saved, systems.hash_config(config, workdir).to_dict(),
+      f"{workdir} (a finished run the suite would reuse; --rerun retrains "
+      "it)", ignored=REUSE_IGNORED_KEYS)
+
+
 # ---------------------------------------------------------------------------
 # Re-opening trained runs (codes for PR curves, features, gallery)
 # ---------------------------------------------------------------------------
@@ -210,6 +236,7 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
         wd = os.path.join(workdir, run_tag(method), f"b{k}-s{seed}")
         res_path = os.path.join(wd, "results.json")
         if os.path.exists(res_path) and not rerun:
+          check_reusable(cfg, wd)
           with open(res_path, encoding="utf-8") as f:
             results = json.load(f)
           logging.info("experiments: reusing %s", wd)

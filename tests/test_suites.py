@@ -1,0 +1,136 @@
+"""Experiment suites: every run config of every suite validates, `--set`
+overrides, and the paper-scale (224 px) suite's models and losses trace for
+every method, so a GPU session never finds a config error at its first step.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from medhash_jax import experiments
+from medhash_jax import models
+from medhash_jax.systems import ath as ath_lib
+from medhash_jax.train import task as task_lib
+from medhash_jax.train import validation
+
+
+def _run_config(suite, method, bits, tmp_path):
+  c = experiments.method_config(suite, method, bits, suite.seeds[0],
+                                str(tmp_path / "_ath_stages"))
+  return ath_lib.hash_config(c, str(tmp_path)) if "ath" in c else c
+
+
+@pytest.mark.parametrize("name", sorted(experiments.SUITES))
+def test_every_run_config_of_every_suite_validates(name, tmp_path):
+  suite = experiments.SUITES[name]
+  for method in suite.methods:
+    for bits in suite.bits:
+      c = _run_config(suite, method, bits, tmp_path)
+      validation.validate_config(c)
+      assert c.num_bits == bits and c.seed == suite.seeds[0]
+      for key, value in suite.overrides.items():
+        section, *_ = key.split(".")
+        if section in c and key not in suite.method_overrides.get(method, {}):
+          node = c
+          for part in key.split("."):
+            node = node[part]
+          assert node == value, (method, key)
+
+
+def test_parse_setting():
+  parse = experiments.parse_setting
+  assert parse("data.image_size=32") == ("data.image_size", 32)
+  assert parse("optim.learning_rate=1e-3") == ("optim.learning_rate", 1e-3)
+  assert parse("model.dtype=bfloat16") == ("model.dtype", "bfloat16")
+  assert parse("data.augment.enabled=False") == ("data.augment.enabled", False)
+  assert parse("eval.ks=(10, None)") == ("eval.ks", (10, None))
+  assert parse(" data.name = 'ham10000' ") == ("data.name", "ham10000")
+  for bad in ("data.image_size", "=3", "data image_size=3"):
+    with pytest.raises(ValueError, match="key=value"):
+      parse(bad)
+
+
+def test_settings_win_over_suite_and_method_overrides(tmp_path):
+  suite = experiments.SUITES["ham10000"]
+  assert suite.method_overrides["mth"]["data.image_size"] == 32
+  s = experiments.with_overrides(suite, {"data.image_size": 48,
+                                         "model.dtype": "bfloat16",
+                                         "ath.classifier.num_steps": 7})
+  for method in ("dpsh", "mth", "ath"):
+    c = experiments.method_config(s, method, 16, 0, str(tmp_path))
+    assert c.data.image_size == 48 and c.model.dtype == "bfloat16", method
+    # Other per-method overrides stay.
+    assert c.model.kwargs.small_input == (method == "mth")
+  assert experiments.method_config(s, "ath", 16, 0, str(tmp_path)
+                                   ).ath.classifier.num_steps == 7
+  # The suite itself is not changed, and no settings = the same suite.
+  assert suite.method_overrides["mth"]["data.image_size"] == 32
+  assert experiments.with_overrides(suite, {}) is suite
+  with pytest.raises(KeyError, match="image_sise"):
+    experiments.method_config(
+        experiments.with_overrides(suite, {"data.image_sise": 48}), "dpsh",
+        16, 0, str(tmp_path))
+
+
+def _batch(c, num_classes, size, b, rng):
+  labels = np.eye(num_classes, dtype=np.float32)[rng.integers(0, num_classes, b)]
+  views = {"image": jnp.zeros((b, size, size, 3), jnp.float32),
+           "labels": jnp.asarray(labels),
+           "label_mask": jnp.ones_like(jnp.asarray(labels))}
+  if c.data.mask_dir:
+    views["local_image"] = views["image"]
+  if c.data.sampling != "triplet":
+    return views
+  batch = dict(views)
+  for prefix in task_lib.TRIPLET_PREFIXES:
+    batch.update({prefix + k: v for k, v in views.items()})
+  batch["triplet_valid"] = jnp.ones((b,), bool)
+  return batch
+
+
+def test_paper_gpu_suite_traces_at_224px(tmp_path):
+  """Every method of the GPU suite at its real scale (224 px, ResNet-50,
+  DenseNet-121, MTH's full-resolution dense blocks): init, the training
+  objective and the encoder trace with the right shapes (jax.eval_shape:
+  no compute). HAM10000 has 7 single-label classes."""
+  suite = experiments.SUITES["paper_gpu"]
+  num_classes, rng = 7, np.random.default_rng(0)
+  for method in suite.methods:
+    c = _run_config(suite, method, 48, tmp_path)
+    assert c.data.image_size == 224 and c.data.name == "ham10000", method
+    task = task_lib.build_task(c, num_classes=num_classes, multi_label=False,
+                               two_view=bool(c.data.mask_dir))
+    batch = _batch(c, num_classes, 224, 2, rng)
+    inputs = {k: batch[k] for k in task.input_keys}
+    variables = jax.eval_shape(
+        lambda x, t=task: t.model.init(
+            {"params": jax.random.key(0), "dropout": jax.random.key(1)},
+            *[x[k] for k in t.input_keys], train=False), inputs)
+    loss, _ = jax.eval_shape(
+        task.objective, variables["params"], variables.get("batch_stats", {}),
+        batch, jax.random.key(0), jnp.int32(0))
+    assert loss.shape == () and loss.dtype == jnp.float32, method
+    codes = jax.eval_shape(task.encode, variables, inputs)
+    assert codes.shape == (2, 48), (method, codes.shape)
+  # ATH's stage 1: the DenseNet-121 classifier at 224 px.
+  c = experiments.method_config(suite, "ath", 48, 0, str(tmp_path))
+  cls = c.ath.classifier
+  assert cls.model == "densenet121_classifier"
+  model = models.get_model(cls.model, num_classes=num_classes,
+                           dtype=c.model.dtype, **dict(cls.kwargs.to_dict()))
+  x = jnp.zeros((2, 224, 224, 3), jnp.float32)
+  variables = jax.eval_shape(
+      lambda x: model.init({"params": jax.random.key(0)}, x, train=False), x)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False),
+                       variables, x)
+  assert out["logits"].shape == (2, num_classes)
+
+
+def test_suite_with_settings_is_a_new_suite_value():
+  suite = experiments.SUITES["smoke"]
+  s = experiments.with_overrides(suite, {"train.num_steps": 3})
+  assert dataclasses.asdict(s)["overrides"]["train.num_steps"] == 3
+  assert suite.overrides["train.num_steps"] == 10
