@@ -19,7 +19,6 @@ is our cpu backend; the ratio is to faiss's faster configuration.
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -39,17 +38,6 @@ except ImportError:  # the benchmark still times our backends
 MAIN = dict(n=200_000, q=1_000, bits=64, k=100)
 STANDARD = [MAIN] + [dict(MAIN, bits=b) for b in (16, 32, 128)] + [
     dict(MAIN, n=1_000_000)]
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def random_packed(rng, n: int, bits: int) -> np.ndarray:
@@ -194,7 +182,7 @@ def main(argv=None):
       os.cpu_count() or 1)
   if faiss is not None:
     faiss.omp_set_num_threads(threads)
-  print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs)")
+  print(f"CPU: {cpu_kernel.cpu_model()} ({os.cpu_count()} logical CPUs)")
   print(f"JAX {jax.__version__}, default backend {jax.default_backend()}")
   if cpu_kernel.available():
     print(f"medhash cpu kernel: {cpu_kernel.isa()}, {threads} threads")

@@ -191,6 +191,7 @@ def test_suite_writes_table_curves_and_gallery(suite_run):
   with open(os.path.join(os.path.dirname(out["markdown"]), "runs.json")) as f:
     saved = json.load(f)
   assert saved["machine"]["platform"] == "cpu" and saved["seeds"] == [0]
+  assert f"({saved['machine']['cpu_model']}), JAX " in md
 
 
 def test_ath_encodes_loose_files_like_its_query_split(suite_run, tmp_path):

@@ -201,9 +201,11 @@ def _git_commit() -> str:
 
 
 def _machine() -> Dict[str, Any]:
+  from medhash_jax.retrieval import cpu_kernel  # pylint: disable=g-import-not-at-top
   d = jax.devices()[0]
   return {"platform": d.platform, "device_kind": d.device_kind,
           "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
+          "cpu_model": cpu_kernel.cpu_model(),
           "host": platform.platform(), "python": platform.python_version(),
           "jax": jax.__version__}
 
@@ -321,7 +323,8 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
       f"- command: `{command}`", f"- commit: `{info['commit']}`",
       f"- machine: {info['machine']['device_kind']} x "
       f"{info['machine']['device_count']} ({info['machine']['platform']}), "
-      f"{info['machine']['cpu_count']} CPUs",
+      f"{info['machine']['cpu_count']} CPUs ({info['machine']['cpu_model']}), "
+      f"JAX {info['machine']['jax']}",
       f"- seeds: {seeds} (numbers with ± are mean ± std over seeds)",
       f"- test protocol: query vs database; model selected on val vs train",
       f"- shallow methods on {feature_note}",

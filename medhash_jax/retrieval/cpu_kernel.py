@@ -23,6 +23,7 @@ import hashlib
 import importlib.machinery
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -168,6 +169,19 @@ def _require():
 def isa() -> str:
   """SIMD level a call would use now: "scalar", "avx2" or "avx512"."""
   return _ISA_NAMES[_require().MedhashHammingIsa()]
+
+
+def cpu_model() -> str:
+  """The host CPU's model name (speed, and on CPU the exact floating-point
+  results of a training run, depend on it)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def num_threads() -> int:
