@@ -120,14 +120,18 @@ def dch(*, codes, labels, gamma: float = 20.0, quantization_weight: float = 0.1,
                                                 "quantization": quant}
 
 
-def dsh(*, codes, labels, margin=None, regularization_weight: float = 0.01):
+def dsh(*, codes, labels, margin=None, regularization_weight: float = 0.01,
+        balanced: bool = False):
   """DSH: Liu, Wang, Shan, Chen, "Deep Supervised Hashing for Fast Image
   Retrieval", CVPR 2016.
 
     D_ij = ||u_i - u_j||^2
-    L_c  = mean_P [1/2 S_ij D_ij + 1/2 (1 - S_ij) max(m - D_ij, 0)]
+    L_c  = mean_P w_ij [1/2 S_ij D_ij + 1/2 (1 - S_ij) max(m - D_ij, 0)]
     L_r  = mean_{ik} | |u_ik| - 1 |
     L    = L_c + alpha L_r,     m = 2K by default (the paper's choice)
+  w = 1 as in the paper; `balanced=True` uses HashNet's weights (|P|/|S1|,
+  |P|/|S0|), so a majority class's similar pairs cannot outweigh the push
+  between classes.
 
   Returns:
     (loss, {"contrastive", "regularizer"}).
@@ -137,8 +141,9 @@ def dsh(*, codes, labels, margin=None, regularization_weight: float = 0.01):
   s = common.similarity(labels)
   mask = common.off_diagonal(u.shape[0])
   d = common.sq_dists(u)
-  con = common.pair_mean(0.5 * s * d + 0.5 * (1.0 - s) * jnp.maximum(m - d, 0.0),
-                         mask)
+  w = common.balanced_pair_weights(s, mask) if balanced else mask
+  con = common.pair_mean(
+      w * (0.5 * s * d + 0.5 * (1.0 - s) * jnp.maximum(m - d, 0.0)), mask)
   reg = jnp.mean(jnp.abs(jnp.abs(u) - 1.0))
   return con + regularization_weight * reg, {"contrastive": con,
                                              "regularizer": reg}

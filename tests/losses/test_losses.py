@@ -101,14 +101,17 @@ def np_dch(u, y, gamma=20.0, lam=0.1):
   return tot / len(ps) + lam * q
 
 
-def np_dsh(u, y, m=None, alpha=0.01):
+def np_dsh(u, y, m=None, alpha=0.01, balanced=False):
   m = 2 * K if m is None else m
+  ps = _pairs()
+  n1 = sum(_sim(y, i, j) for i, j in ps)
   tot = 0.0
-  for i, j in _pairs():
+  for i, j in ps:
     s = _sim(y, i, j)
+    w = (len(ps) / n1 if s else len(ps) / (len(ps) - n1)) if balanced else 1.0
     d = float(np.sum((u[i] - u[j]) ** 2))
-    tot += 0.5 * s * d + 0.5 * (1 - s) * max(m - d, 0.0)
-  return tot / len(_pairs()) + alpha * np.mean(np.abs(np.abs(u) - 1))
+    tot += w * (0.5 * s * d + 0.5 * (1 - s) * max(m - d, 0.0))
+  return tot / len(ps) + alpha * np.mean(np.abs(np.abs(u) - 1))
 
 
 def np_dfh_centers(y, b, nu=1.0, passes=2):
@@ -294,6 +297,9 @@ def test_hyperparameters_and_variants():
                              np_dpsh(u.astype(np.float64), y, 0.3, 1.0), rtol=RTOL)
   np.testing.assert_allclose(_run("dsh", u, y, margin=5.0)[0],
                              np_dsh(u.astype(np.float64), y, 5.0), rtol=RTOL)
+  np.testing.assert_allclose(_run("dsh", u, y, balanced=True)[0],
+                             np_dsh(u.astype(np.float64), y, balanced=True),
+                             rtol=RTOL)
   np.testing.assert_allclose(_run("dtsh", u, y, margin=2.0)[0],
                              np_dtsh(u.astype(np.float64), y, 2.0), rtol=RTOL)
   np.testing.assert_allclose(
