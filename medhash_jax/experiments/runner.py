@@ -74,11 +74,9 @@ def check_reusable(config, workdir: str):
   differs; runs without a config record (none are written so) pass."""
   from medhash_jax import systems  # pylint: disable=g-import-not-at-top
   from medhash_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, "checkpoints", ckpt_lib.CONFIG_FILE)
-  if not os.path.exists(path):
+  saved = ckpt_lib.read_saved_config(workdir)
+  if saved is None:
     return
-  with open(path, encoding="utf-8") as f:
-    saved = json.load(f)
   ckpt_lib.check_config_compatible(
       saved, systems.hash_config(config, workdir).to_dict(),
       f"{workdir} (a finished run the suite would reuse; --rerun retrains "

@@ -85,6 +85,16 @@ def _manager_dir(path: str) -> str:
   return path
 
 
+def read_saved_config(path: str) -> Optional[Dict[str, Any]]:
+  """The config recorded beside the checkpoints of a workdir (or of its
+  checkpoints or step folder); None when there is none."""
+  config_path = os.path.join(_manager_dir(path), CONFIG_FILE)
+  if not os.path.exists(config_path):
+    return None
+  with open(config_path, encoding="utf-8") as f:
+    return json.load(f)
+
+
 class Checkpointer:
   """A CheckpointManager for (state, data iterator) plus the config record."""
 
@@ -99,11 +109,7 @@ class Checkpointer:
   # -- config record ----------------------------------------------------------
 
   def saved_config(self) -> Optional[Dict[str, Any]]:
-    path = os.path.join(self.directory, CONFIG_FILE)
-    if not os.path.exists(path):
-      return None
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return read_saved_config(self.directory)
 
   def check_or_write_config(self, config_dict: Mapping[str, Any]):
     """Refuses a workdir whose checkpoints came from another config."""
