@@ -137,8 +137,9 @@ def test_suite_reuses_only_runs_of_the_same_config(suite_run):
         suite_run["suite"], method, 16, 0, str(root / "_ath_stages"), STEPS), wd)
   # Another step count: refused before anything is trained, naming the key.
   with pytest.raises(ckpt_lib.ConfigMismatchError,
-                     match=r"(?s)dpsh.*--rerun.*train.num_steps: checkpoint "
-                     rf"has {STEPS}, config has {STEPS + 1}"):
+                     match=r"(?s)dpsh.*--rerun.*train.num_steps \(operational "
+                     rf"key\): the run has {STEPS}, the config asks for "
+                     rf"{STEPS + 1}"):
     experiments.run_suite(suite_run["suite"], str(root.parent / "out2"),
                           str(root), methods=["dpsh"], bits=[16],
                           steps=STEPS + 1)

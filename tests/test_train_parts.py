@@ -152,3 +152,49 @@ def test_checkpoint_roundtrip_and_config_guard(tmp_path):
   with pytest.raises(ckpt_lib.ConfigMismatchError, match="num_bits"):
     again.check_or_write_config({"num_bits": 32, "train": {"num_steps": 99}})
   again.close()
+
+
+def test_config_key_classes_decide_what_may_change():
+  from medhash_jax.train import defaults
+  saved = defaults.default_config().to_dict()
+
+  def changed(key, value):
+    c = defaults.default_config()
+    sub = c
+    *path, last = key.split(".")
+    for p in path:
+      sub = sub[p]
+    sub[last] = value
+    return c.to_dict()
+
+  # Every key of the schema has a class; unlisted keys are model keys.
+  assert defaults.key_class("num_bits") == defaults.MODEL
+  assert defaults.key_class("data.image_size") == defaults.MODEL
+  assert defaults.key_class("model.kwargs.width") == defaults.MODEL
+  # The longest declared prefix wins: train.* is training, num_steps not.
+  assert defaults.key_class("train.batch_size") == defaults.TRAINING
+  assert defaults.key_class("train.num_steps") == defaults.OPERATIONAL
+  # A moved data root, more workers, another eval batch: fine everywhere.
+  for key, value in [("data.root", "/elsewhere"), ("data.num_workers", 4),
+                     ("data.eval_batch_size", 7), ("data.skip_bad", True)]:
+    ckpt_lib.check_config_compatible(saved, changed(key, value), "w")
+    ckpt_lib.check_config_compatible(saved, changed(key, value), "w",
+                                     changeable=ckpt_lib.INFERENCE)
+  # A learning rate: refused on resume, accepted at inference.
+  lr = changed("optim.learning_rate", 0.5)
+  with pytest.raises(ckpt_lib.ConfigMismatchError,
+                     match=r"optim.learning_rate \(training key\)") as e:
+    ckpt_lib.check_config_compatible(saved, lr, "w")
+  assert "delete" not in str(e.value) and "fresh --workdir" in str(e.value)
+  ckpt_lib.check_config_compatible(saved, lr, "w",
+                                   changeable=ckpt_lib.INFERENCE)
+  # Model keys: refused everywhere, each named.
+  for key, value in [("num_bits", 16), ("data.image_size", 64),
+                     ("data.normalize", "half")]:
+    with pytest.raises(ckpt_lib.ConfigMismatchError, match=key):
+      ckpt_lib.check_config_compatible(saved, changed(key, value), "w",
+                                       changeable=ckpt_lib.INFERENCE)
+  # changeable=() compares every key (the suites' reuse check).
+  with pytest.raises(ckpt_lib.ConfigMismatchError, match="data.root"):
+    ckpt_lib.check_config_compatible(saved, changed("data.root", "/x"), "w",
+                                     changeable=())

@@ -80,7 +80,7 @@ def check_reusable(config, workdir: str):
   ckpt_lib.check_config_compatible(
       saved, systems.hash_config(config, workdir).to_dict(),
       f"{workdir} (a finished run the suite would reuse; --rerun retrains "
-      "it)", ignored=REUSE_IGNORED_KEYS)
+      "it)", changeable=(), ignored=REUSE_IGNORED_KEYS)
 
 
 # ---------------------------------------------------------------------------

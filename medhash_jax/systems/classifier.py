@@ -244,7 +244,7 @@ def finished_step(config, cls_cfg, ds, stage_dir: str) -> Optional[int]:
     return None
   if saved is not None:
     ckpt_lib.check_config_compatible(saved, run_record(config, cls_cfg, ds),
-                                     path, ignored=())
+                                     path, changeable=())
   return step
 
 

@@ -24,17 +24,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from medhash_jax.train import defaults
+
 CONFIG_FILE = "config.json"
-
-# Keys that may change between a run and its resumption: run length, logging
-# and checkpoint cadence, paths and loader parallelism.
-RESUME_IGNORED_KEYS = (
-    "train.num_steps", "train.log_every_steps", "train.checkpoint_every_steps",
-    "train.keep_checkpoints", "train.eval_every_steps", "resume", "init_from",
-    "data.data_dir", "data.num_workers", "data.prefetch_buffer_size",
-    "eval.batch_size", "eval.ks", "eval.select_metric",
-)
-
 
 class ConfigMismatchError(ValueError):
   """The workdir holds a checkpoint written under a different config."""
@@ -50,24 +42,49 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
   return out
 
 
-def check_config_compatible(saved: Mapping[str, Any], current: Mapping[str, Any],
-                            where: str,
-                            ignored: Iterable[str] = RESUME_IGNORED_KEYS):
-  """Raises ConfigMismatchError naming every key that differs."""
+# What may differ from a trained run's recorded config (classes of
+# `defaults.KEY_CLASSES`): on resume only operational keys; when evaluating,
+# encoding, searching or serving, training keys too (they shaped the
+# parameters, not what the codes mean).
+RESUME = (defaults.OPERATIONAL,)
+INFERENCE = (defaults.OPERATIONAL, defaults.TRAINING)
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], *,
+                       changeable: Iterable[str] = RESUME,
+                       ignored: Iterable[str] = ()) -> Dict[str, Tuple[Any, Any]]:
+  """{key: (saved value, current value)} for every key that differs and whose
+  class is not in `changeable` (nor named in `ignored`)."""
   a, b = _flatten(saved), _flatten(json.loads(json.dumps(current)))
-  ignored = set(ignored)
-  diffs = []
+  changeable, ignored = set(changeable), set(ignored)
+  out = {}
   for k in sorted(set(a) | set(b)):
-    if k in ignored:
+    if k in ignored or defaults.key_class(k) in changeable:
       continue
     if a.get(k, "<absent>") != b.get(k, "<absent>"):
-      diffs.append(f"  {k}: checkpoint has {a.get(k, '<absent>')!r}, "
-                   f"config has {b.get(k, '<absent>')!r}")
+      out[k] = (a.get(k, "<absent>"), b.get(k, "<absent>"))
+  return out
+
+
+def check_config_compatible(saved: Mapping[str, Any], current: Mapping[str, Any],
+                            where: str, *, changeable: Iterable[str] = RESUME,
+                            ignored: Iterable[str] = ()):
+  """Raises ConfigMismatchError naming every key that differs (and may not).
+
+  The message never suggests deleting anything: a trained model is the
+  user's work; a fresh --workdir is the way to start over.
+  """
+  diffs = config_differences(saved, current, changeable=changeable,
+                             ignored=ignored)
   if diffs:
+    lines = [f"  {k} ({defaults.key_class(k)} key): the run has {a!r}, the "
+             f"config asks for {b!r}" for k, (a, b) in diffs.items()]
     raise ConfigMismatchError(
-        f"{where} holds a checkpoint from a different config:\n" +
-        "\n".join(diffs[:20]) + ("\n  ..." if len(diffs) > 20 else "") +
-        "\nUse a fresh --workdir, or delete the old checkpoints.")
+        f"{where} holds a run trained under a different config:\n" +
+        "\n".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "") +
+        "\nKeep the run's values for these keys (evaluate/encode/search read "
+        "them from the run when --config is left out), or train into a fresh"
+        " --workdir.")
 
 
 def _is_step_dir(path: str) -> bool:

@@ -14,6 +14,60 @@ from medhash_jax import data as data_lib
 # Sub-dicts whose keys are free-form (validated against a signature instead).
 FREE_FORM = ("model.kwargs", "loss.kwargs")
 
+# Every key belongs to one of three classes, declared here and nowhere else
+# (a key, or a prefix ending in "."; the longest match wins; unlisted keys
+# are MODEL keys):
+#   MODEL        what the codes mean: architecture, code length, the data, its
+#                split and preprocessing. Never changes for a trained run.
+#   TRAINING     how the parameters were fitted (loss, optimizer, batches,
+#                augmentation, seed). Fixed on resume; irrelevant once trained,
+#                so evaluate/encode/search/serve accept any value.
+#   OPERATIONAL  where files are, how long and how often, how many workers,
+#                evaluation batch sizes and report cut-offs: free to change on
+#                resume and at inference.
+MODEL, TRAINING, OPERATIONAL = "model", "training", "operational"
+KEY_CLASSES = {
+    "seed": TRAINING,
+    "model.beta.": TRAINING,      # tanh(beta z): sign, hence codes, unchanged
+    "loss.": TRAINING,
+    "optim.": TRAINING,
+    "train.": TRAINING,
+    "data.sampling": TRAINING,
+    "data.augment.": TRAINING,
+    "num_devices": OPERATIONAL,   # the batch is global
+    "resume": OPERATIONAL,
+    "init_from": OPERATIONAL,
+    # A longer run extends the schedule; the suites' reuse check still
+    # compares it (runner.REUSE_IGNORED_KEYS).
+    "train.num_steps": OPERATIONAL,
+    "train.log_every_steps": OPERATIONAL,
+    "train.eval_every_steps": OPERATIONAL,
+    "train.checkpoint_every_steps": OPERATIONAL,
+    "train.keep_checkpoints": OPERATIONAL,
+    "eval.": OPERATIONAL,
+    "data.root": OPERATIONAL,
+    "data.path": OPERATIONAL,
+    "data.download": OPERATIONAL,
+    "data.skip_bad": OPERATIONAL,
+    "data.verify": OPERATIONAL,
+    "data.mask_dir": OPERATIONAL,
+    "data.eval_batch_size": OPERATIONAL,
+    "data.num_workers": OPERATIONAL,
+    "data.worker_buffer_size": OPERATIONAL,
+    "data.read_threads": OPERATIONAL,
+    "data.prefetch_buffer_size": OPERATIONAL,
+}
+
+
+def key_class(key: str) -> str:
+  """MODEL, TRAINING or OPERATIONAL for a dotted config key (see KEY_CLASSES)."""
+  best, best_len = MODEL, -1
+  for name, cls in KEY_CLASSES.items():
+    hit = key == name or (name.endswith(".") and key.startswith(name))
+    if hit and len(name) > best_len:
+      best, best_len = cls, len(name)
+  return best
+
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()

@@ -63,7 +63,8 @@ class Run:
         self.ckpt.check_or_write_config(config.to_dict())
       elif self.ckpt.saved_config() is not None:
         ckpt_lib.check_config_compatible(self.ckpt.saved_config(),
-                                         config.to_dict(), workdir)
+                                         config.to_dict(), workdir,
+                                         changeable=ckpt_lib.INFERENCE)
     self.ds = data_lib.build_datasets(
         config.data, workdir=workdir, global_batch_size=config.train.batch_size,
         seed=config.seed, image_size=config.data.image_size,
