@@ -56,10 +56,16 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["medhash_jax", "medhash_jax.*"]),
     package_data={"medhash_jax.retrieval": ["csrc/*.cc", "csrc/*.h"]},
     python_requires=">=3.11",
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+    ],
     install_requires=[
-        "jax>=0.4.36",
-        "jaxlib>=0.4.36",
-        "flax>=0.10",
+        # The range CI exercises (.ci/run): the oldest releases Python 3.11
+        # resolves (jax 0.10.2, flax 0.12.8) and the newest on Python 3.12.
+        "jax>=0.10.2",
+        "jaxlib>=0.10.2",
+        "flax>=0.12.8",
         "optax",
         "orbax-checkpoint",
         "grain",
