@@ -237,8 +237,8 @@ def test_wall_clock_cadence():
 
 def test_step_reduces_requests_over_the_global_batch():
   """Every process must read the same decision: the step returns the
-  column-wise max of the requests of every device. Catches: a mean, or a
-  local (unreduced) value."""
+  column-wise max of the requests of every device. Catches: an unreduced
+  value (the first device's row, which did not ask) or a min."""
   from medhash_jax.train import preemption
   mesh = mesh_lib.make_mesh()
   params = mesh_lib.replicate({"w": jnp.ones((2,))}, mesh)
