@@ -346,8 +346,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           stop, time_ckpt = req.get("stop", False), req.get("checkpoint", False)
         else:
           stop, time_ckpt = catcher.requested, ckpt_clock.due()
-        # JAX's own multi-process preemption sync point (a notice JAX caught).
-        stop = stop or run.ckpt.reached_preemption(done)
+        # JAX's own multi-process preemption sync point (a notice its
+        # notifier caught before our handler was installed). It compares
+        # call counters exactly, and every process starts this loop at the
+        # same step, so count calls from 1 (a resumed run's first step would
+        # never meet a sync point computed from counters still at 0).
+        stop = stop or run.ckpt.reached_preemption(done - start)
         if (done % log_every == 0 or done == total or first or stop or
             log_clock.due()):
           flush()
