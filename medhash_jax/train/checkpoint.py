@@ -190,10 +190,10 @@ class Checkpointer:
           json.dump(config_dict, f, indent=2, sort_keys=True, default=str)
         os.replace(tmp, os.path.join(self.directory, CONFIG_FILE))
       except OSError as e:
+        record = os.path.join(self.directory, CONFIG_FILE)
         raise CheckpointSaveError(
-            f"cannot write the run record {os.path.join(self.directory, CONFIG_FILE)}"
-            f" ({_reason(e)}): is the --workdir writable and is there disk "
-            "space?") from e
+            f"cannot write the run record {record} ({_reason(e)}): is the "
+            "--workdir writable and is there disk space?") from e
 
   # -- steps ------------------------------------------------------------------
 

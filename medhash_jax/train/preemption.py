@@ -1,4 +1,4 @@
-"""Stopping a run cleanly: SIGTERM / SIGINT, and cadences agreed by all processes.
+"""Stopping a run cleanly: signals, and decisions agreed by all processes.
 
 SLURM, Kubernetes and TPU preemption send SIGTERM (then SIGKILL after a grace
 period); a user presses Ctrl-C (SIGINT). On the first of either the training
@@ -29,6 +29,7 @@ of a log line or of a second signal), so in practice it covers the window
 before the loop starts and notifiers other than SIGTERM.
 """
 
+import os
 import signal
 import sys
 import threading
@@ -79,14 +80,13 @@ class SignalCatcher:
   """
 
   def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
-               exit_fn: Callable[[int], None] = None):
+               exit_fn: Optional[Callable[[int], None]] = None):
     self.signals = tuple(signals)
     self.received: Optional[int] = None
     self.received_at: Optional[float] = None
     self._previous = {}
     # os._exit: a second signal must not wait for threads, atexit hooks or
     # orbax's pending writes (orbax never leaves a half step under its name).
-    import os  # pylint: disable=g-import-not-at-top
     self._exit = exit_fn or os._exit
 
   @property
