@@ -117,7 +117,11 @@ class Run:
       if other.saved_config() is not None:
         ckpt_lib.check_config_compatible(other.saved_config(), cfg.to_dict(),
                                          cfg.resume)
-      restored, step = other.restore(items, self.ds.train_iter, step)
+      # A workdir or checkpoints folder: its newest step that restores; a
+      # step folder: that step.
+      named = os.path.basename(os.path.normpath(cfg.resume)).isdigit()
+      restored, step = other.restore(items, self.ds.train_iter,
+                                     step if named else None)
       other.close()
       self.state = self.state.replace_from_checkpoint(restored)
       return f"config.resume={cfg.resume} step {step}"
