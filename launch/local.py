@@ -24,7 +24,13 @@ What it does:
     collective until the coordinator's heartbeat timeout. --timeout stops
     everyone too (exit status 124);
   * exits with the first failure's status (0 when all succeed) and prints
-    the tail of the failing process's log.
+    the tail of the failing process's log. Exit status 75 (EX_TEMPFAIL: the
+    run stopped on SIGTERM / SIGINT after saving a checkpoint, see
+    medhash_jax/train/preemption.py) is no failure: the others are stopping
+    at the same step and are waited for; the job then exits 75 (requeue it);
+  * SIGTERM or SIGINT to the launcher is passed on (SIGTERM) to each
+    process's main process only, which finishes its step, checkpoints and
+    exits 75; a second signal stops everyone at once.
 
 Only for one machine: a real cluster uses launch/slurm_*.sbatch or
 launch/tpu_vm_pod.sh, where jax.distributed auto-detects the settings.
@@ -42,6 +48,9 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 LOOPBACK = "127.0.0.1"
+# medhash_jax.train.preemption.EXIT_RESUMABLE (this file imports nothing of
+# the package): stopped on a signal with a checkpoint; resume by rerunning.
+EXIT_RESUMABLE = 75
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -95,15 +104,16 @@ class Result:
     """Index of the process whose failure ended the job (None: no failure)."""
     return next((i for i, (rc, s) in enumerate(zip(self.returncodes,
                                                    self.stopped))
-                 if rc and not s), None)
+                 if rc and rc != EXIT_RESUMABLE and not s), None)
 
   @property
   def returncode(self) -> int:
-    """124 on timeout, else the failing process's status (signal n: 128 + n)."""
+    """124 on timeout, else the failing process's status (signal n: 128 + n);
+    75 when the processes stopped to be resumed."""
     if self.timed_out:
       return 124
     if self.failed is None:
-      return 0
+      return EXIT_RESUMABLE if EXIT_RESUMABLE in self.returncodes else 0
     rc = self.returncodes[self.failed]
     return 128 - rc if rc < 0 else rc
 
@@ -166,6 +176,14 @@ class ProcessGroup:
       with contextlib.suppress(ProcessLookupError):
         os.killpg(p.pid, sig)
 
+  def signal_leaders(self, sig: int = signal.SIGTERM):
+    """Sends `sig` to each live process itself, not its group: its grain
+    workers must keep feeding it while it finishes the step and saves."""
+    for p in self.procs:
+      if p.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+          os.kill(p.pid, sig)
+
   def stop_all(self):
     """SIGTERM to every live group, SIGKILL after the grace period."""
     for i in range(len(self.procs)):
@@ -187,7 +205,8 @@ class ProcessGroup:
     timed_out = False
     while True:
       codes = [p.poll() for p in self.procs]
-      if all(c is not None for c in codes) or any(c for c in codes):
+      if all(c is not None for c in codes) or any(
+          c and c != EXIT_RESUMABLE for c in codes):
         break
       if deadline is not None and time.monotonic() > deadline:
         timed_out = True
@@ -249,8 +268,17 @@ def main(argv=None) -> int:
                        port=args.port or None, platform=args.platform or None,
                        devices_per_process=args.devices_per_process)
 
+  signals_seen = []
+
   def on_signal(signum, frame):
     del frame
+    signals_seen.append(signum)
+    if len(signals_seen) == 1:
+      print(f"launch/local.py: {signal.Signals(signum).name}: asking every "
+            "process to checkpoint and stop (again to stop them at once)",
+            file=sys.stderr)
+      group.signal_leaders(signal.SIGTERM)
+      return
     group.stop_all()
     sys.exit(128 + signum)
 
@@ -264,7 +292,11 @@ def main(argv=None) -> int:
     how = " (stopped by the launcher)" if result.stopped[i] else ""
     print(f"  process {i}: exit status {rc}{how}  ({result.log_paths[i]})",
           file=sys.stderr)
-  if result.returncode:
+  if result.returncode == EXIT_RESUMABLE:
+    print(f"launch/local.py: stopped with a checkpoint (exit status "
+          f"{EXIT_RESUMABLE}); run the same command again to resume",
+          file=sys.stderr)
+  elif result.returncode:
     bad = result.failed or 0
     why = "timed out" if result.timed_out else f"process {bad} failed"
     print(f"launch/local.py: {why} after {result.seconds:.0f} s; the others "

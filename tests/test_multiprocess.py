@@ -4,6 +4,9 @@
     batches as 1 process x 2 devices: same loss curve, params and codes;
   * a process SIGKILLed mid-run: the launcher stops its peer, the restart
     resumes from the last checkpoint and ends where the uninterrupted run did;
+  * SIGTERM to a real run (1 process; and to one of 2 processes): it stops at
+    one agreed step with a checkpoint and exit status 75, and the restart
+    continues on the uninterrupted run's loss curve;
   * sharded search over a database split unevenly across 2 processes x 2
     devices equals brute force, ties across shard and process borders included;
     every socket the processes listen on is on the loopback interface.
@@ -164,6 +167,147 @@ def test_sigkill_then_restart_resumes(runs, data_dir):
                _params(runs["two"]), _params(workdir))
   np.testing.assert_allclose(_losses(workdir)[-1], _losses(runs["two"])[-1],
                              rtol=1e-5)
+
+
+# -- SIGTERM: stop at one agreed step, checkpoint, exit 75, resume ------------
+
+def _rows_by_step(workdir):
+  """step -> train/loss; a step logged twice would be a resume that redid
+  it (the stop step must be the resume step)."""
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      r = json.loads(line)
+      if "train/loss" in r:
+        assert r["step"] not in out, f"step {r['step']} trained twice"
+        out[r["step"]] = r["train/loss"]
+  return out
+
+
+def _wait_for_step(workdir, procs, step, log_path, deadline):
+  """Polls metrics.jsonl (line-buffered) until a row of >= `step`."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  while True:
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        if any(json.loads(l).get("step", 0) >= step and "train/loss" in l
+               for l in f if l.strip()):
+          return
+    assert time.monotonic() < deadline, "no training step was logged in time"
+    assert all(p.poll() is None for p in procs), (
+        "a process ended before the signal:\n" +
+        open(log_path, encoding="utf-8").read()[-3000:])
+    time.sleep(0.02)
+
+
+def _signal_paused(procs, send):
+  """SIGSTOP every process, `send()`, SIGCONT: the signal lands mid-run on a
+  loaded machine too, never after the last step."""
+  for p in procs:
+    os.killpg(p.pid, signal.SIGSTOP)
+  try:
+    send()
+  finally:
+    for p in procs:
+      os.killpg(p.pid, signal.SIGCONT)
+
+
+def _stop_step(log_text):
+  import re
+  m = re.search(r"at step (\d+) of (\d+); checkpoint", log_text)
+  assert m, log_text[-3000:]
+  return int(m.group(1))
+
+
+def test_sigterm_one_process_resumes_on_the_same_curve(runs, data_dir):
+  """A real `python -m medhash_jax.main` gets SIGTERM mid-training.
+  Catches: no handler (rc -15 and a restart from step 4 or 0), a stop
+  without a checkpoint of the stop step, a resume that replays or skips
+  batches (the curve would differ from the uninterrupted run's)."""
+  env, base = runs["env"], runs["base"]
+  workdir = str(base / "sigterm_one")
+  env1 = dict(env, JAX_PLATFORMS="cpu",
+              XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  cmd = _train_cmd(data_dir, workdir)
+  log_path = str(base / "sigterm_one.log")
+  deadline = time.monotonic() + TIMEOUT_S
+  with open(log_path, "w", encoding="utf-8") as log:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env1, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+      _wait_for_step(workdir, [proc], 3, log_path, deadline)
+      _signal_paused([proc], lambda: os.kill(proc.pid, signal.SIGTERM))
+      rc = proc.wait(timeout=TIMEOUT_S)
+    finally:
+      if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+  text = open(log_path, encoding="utf-8").read()
+  assert rc == 75, text[-3000:]
+  stop = _stop_step(text)
+  assert 3 <= stop < STEPS and "stopped by SIGTERM" in text
+  assert "run the same command again" in text
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(stop),
+                                    "data_iter"))
+  with open(base / "sigterm_one_restart.log", "w", encoding="utf-8") as log:
+    r = subprocess.run(cmd, cwd=ROOT, env=env1, stdout=log,
+                       stderr=subprocess.STDOUT, timeout=TIMEOUT_S,
+                       check=False)
+  assert r.returncode == 0, (base / "sigterm_one_restart.log").read_text()[-3000:]
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    assert json.load(f)["train"]["resumed_from"] == (
+        f"workdir checkpoint step {stop}")
+  ref, got = _rows_by_step(runs["one"]), _rows_by_step(workdir)
+  assert sorted(got) == list(range(1, STEPS + 1)) == sorted(ref)
+  np.testing.assert_allclose([got[s] for s in sorted(got)],
+                             [ref[s] for s in sorted(ref)], rtol=1e-5,
+                             atol=1e-6)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
+                                                       atol=1e-5),
+               _params(runs["one"]), _params(workdir))
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(runs,
+                                                                data_dir):
+  """The notice reaches process 1 only. Catches: each process deciding on
+  its own (process 0 would train on and hang in a collective, or save a
+  different step), the launcher taking exit 75 for a failure and killing
+  process 0 mid-save."""
+  env, base = runs["env"], runs["base"]
+  workdir = str(base / "sigterm_two")
+  cmd = _train_cmd(data_dir, workdir)
+  deadline = time.monotonic() + TIMEOUT_S
+  with local_launch.ProcessGroup(cmd, 2, log_dir=str(base / "logs_sigterm"),
+                                 env=env, cwd=ROOT) as group:
+    _wait_for_step(workdir, group.procs, 3, group.log_paths[0], deadline)
+    _signal_paused(group.procs,
+                   lambda: os.kill(group.procs[1].pid, signal.SIGTERM))
+    result = group.wait(timeout=TIMEOUT_S)
+  logs = [result.log(i) for i in range(2)]
+  assert result.returncodes == [75, 75] and result.returncode == 75, (
+      [l[-2000:] for l in logs])
+  assert not result.timed_out and result.failed is None
+  stops = [_stop_step(l) for l in logs]
+  assert stops[0] == stops[1] and 3 <= stops[0] < STEPS
+  assert "stopped by SIGTERM" in logs[1]
+  assert "stopped by a stop request of another process" in logs[0]
+  stop = stops[0]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints", str(stop),
+                                        "data_iter"))) == [
+      "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+
+  _launch(cmd, 2, str(base / "logs_sigterm_restart"), env)
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    assert json.load(f)["train"]["resumed_from"] == (
+        f"workdir checkpoint step {stop}")
+  ref, got = _rows_by_step(runs["two"]), _rows_by_step(workdir)
+  assert sorted(got) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([got[s] for s in sorted(got)],
+                             [ref[s] for s in sorted(ref)], rtol=1e-5,
+                             atol=1e-6)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
+                                                       atol=1e-5),
+               _params(runs["two"]), _params(workdir))
 
 
 def _is_loopback(addr: str) -> bool:

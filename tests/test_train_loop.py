@@ -45,6 +45,9 @@ def smoke(data_dir, module=dpsh_config, **overrides):
     c.train.log_every_steps = 2
     c.train.eval_every_steps = 0       # val only at the end
     c.train.checkpoint_every_steps = 4
+    # Step cadences only: a loaded machine must not add rows or checkpoints.
+    c.train.log_every_seconds = 0
+    c.train.checkpoint_every_minutes = 0
     for k, v in overrides.items():
       node = c
       *path, last = k.split(".")
@@ -96,7 +99,7 @@ def test_results_json_schema(trained):
   assert saved["selection"]["split"] == "val"
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   steps = [r["step"] for r in rows if "train/loss" in r]
-  assert steps == [2, 4, 6, 8]
+  assert steps == [1, 2, 4, 6, 8]  # the first step is logged at once
   assert all(np.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
@@ -412,3 +415,213 @@ def test_triplet_batch_feeds_the_sampled_triplets_to_the_loss(data_dir):
   trip = np.log1p(np.exp(-(t_ap - t_an - margin)))[:7].mean()
   np.testing.assert_allclose(float(terms["loss/triplet"]), trip, rtol=1e-4)
   assert np.isfinite(float(loss))
+
+
+# -- long runs survive: signals, time cadence, damaged checkpoints, faults ----
+
+def _copy_run(src, dst):
+  import shutil
+  shutil.copytree(src, dst, symlinks=True)
+  return str(dst)
+
+
+def _ckpt_steps(workdir):
+  return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
+                if s.isdigit())
+
+
+def test_sigterm_stops_after_the_step_and_resumes(trained, data_dir, tmp_path):
+  """Catches: the handler not installed, or the stop step not checkpointed
+  (the restart would begin at step 4, or at 0)."""
+  import signal
+  from medhash_jax.train import preemption
+  _, ref_dir, ref = trained
+  workdir = str(tmp_path / "signalled")
+
+  def sigterm_at_5(step, state):
+    del state
+    if step == 5:  # between the step checkpoints of 4 and 8
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with pytest.raises(preemption.TrainingInterrupted) as e:
+    train.train_and_evaluate(smoke(data_dir), workdir, hooks=[sigterm_at_5])
+  assert e.value.code == preemption.EXIT_RESUMABLE == 75
+  assert e.value.step == 5 and "SIGTERM at step 5 of 8" in str(e.value)
+  assert "run the same command again" in str(e.value)
+  assert "delete" not in str(e.value)
+  assert _ckpt_steps(workdir) == [4, 5]
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows if "train/loss" in r][-1] == 5  # flushed
+  results = train.train_and_evaluate(smoke(data_dir), workdir)
+  assert results["train"]["resumed_from"] == "workdir checkpoint step 5"
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
+                                                       atol=1e-6),
+               _final_params(ref_dir)[1], _final_params(workdir)[1])
+  np.testing.assert_allclose(results["train"]["final_loss"],
+                             ref["train"]["final_loss"], rtol=1e-5)
+
+
+def _damage(workdir, step, how="truncate"):
+  """Truncates the largest data file of a step (or removes its metadata)."""
+  state = os.path.join(workdir, "checkpoints", str(step), "state")
+  if how == "remove":
+    os.remove(os.path.join(state, "_METADATA"))
+    return os.path.join(state, "_METADATA")
+  files = [os.path.join(r, f) for r, _, fs in os.walk(state) for f in fs]
+  big = max(files, key=os.path.getsize)
+  with open(big, "r+b") as f:
+    f.truncate(os.path.getsize(big) // 2)
+  return big
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(
+    trained, data_dir, tmp_path):
+  """Catches: restore trying only the latest step (the TensorStore error of
+  the issue), or the damaged step left in place (the re-save of step 8 would
+  fail with StepAlreadyExistsError) or deleted."""
+  _, ref_dir, ref = trained
+  workdir = _copy_run(ref_dir, tmp_path / "damaged")
+  _damage(workdir, 8)
+  results = train.train_and_evaluate(smoke(data_dir), workdir)
+  origin = results["train"]["resumed_from"]
+  assert origin.startswith("workdir checkpoint step 4 (skipped damaged step 8 "
+                           f"at {os.path.join(workdir, 'checkpoints', '8')}")
+  # Kept, out of orbax's way, and step 8 trained again from step 4.
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "damaged", "8",
+                                    "state"))
+  assert _ckpt_steps(workdir) == [4, 8]
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
+                                                       atol=1e-6),
+               _final_params(ref_dir)[1], _final_params(workdir)[1])
+
+
+def test_every_checkpoint_damaged_fails_naming_them(trained, data_dir,
+                                                    tmp_path):
+  """Catches: a fallback to scratch (silently retraining) or deleting."""
+  _, ref_dir, _ = trained
+  workdir = _copy_run(ref_dir, tmp_path / "all_damaged")
+  _damage(workdir, 4, "remove")
+  _damage(workdir, 8)
+  before = sorted(os.path.relpath(os.path.join(r, f), workdir)
+                  for r, _, fs in os.walk(workdir) for f in fs)
+  with pytest.raises(ckpt_lib.DamagedCheckpointError) as e:
+    train.train_and_evaluate(smoke(data_dir), workdir)
+  msg = str(e.value)
+  for step in (4, 8):
+    assert f"step {step} ({os.path.join(workdir, 'checkpoints', str(step))})" \
+        in msg, msg
+  assert "Nothing was deleted" in msg and "fresh --workdir" in msg
+  after = sorted(os.path.relpath(os.path.join(r, f), workdir)
+                 for r, _, fs in os.walk(workdir) for f in fs)
+  assert [f for f in before if f not in after] == []
+
+
+def test_moved_data_root_resumes_changed_lr_is_refused(trained, data_dir,
+                                                       tmp_path):
+  """Catches: data.root classed as a model key (a moved data folder blocks
+  the resume), or optim.learning_rate as operational (silently resumed)."""
+  _, ref_dir, _ = trained
+  workdir = _copy_run(ref_dir, tmp_path / "moved")
+  moved = tmp_path / "data_moved_here"
+  os.symlink(data_dir, moved)
+  results = train.train_and_evaluate(
+      smoke(data_dir, **{"data.root": str(moved), "train.num_steps": 10}),
+      workdir)
+  assert results["train"]["resumed_from"] == "workdir checkpoint step 8"
+  assert results["train"]["steps"] == 10 and _ckpt_steps(workdir) == [8, 10]
+  before = _ckpt_steps(workdir)
+  with pytest.raises(ckpt_lib.ConfigMismatchError) as e:
+    train.train_and_evaluate(
+        smoke(data_dir, **{"optim.learning_rate": 0.05,
+                           "train.num_steps": 12}), workdir)
+  msg = str(e.value)
+  assert "optim.learning_rate (training key)" in msg and "0.05" in msg
+  assert "data.root" not in msg and "num_steps" not in msg
+  assert "delete" not in msg and "fresh --workdir" in msg
+  assert _ckpt_steps(workdir) == before
+
+
+def test_wall_time_cadence_checkpoints_and_logs(data_dir, tmp_path):
+  """Catches: the minute / second cadences ignored (only the final step
+  would be checkpointed, only log_every_steps rows written)."""
+  workdir = str(tmp_path / "timed")
+  c = smoke(data_dir, **{"train.num_steps": 4,
+                         "train.checkpoint_every_steps": 0,
+                         "train.log_every_steps": 100,
+                         "train.keep_checkpoints": 10,
+                         "train.checkpoint_every_minutes": 1e-9,
+                         "train.log_every_seconds": 1e-9})
+  train.train_and_evaluate(c, workdir)
+  assert _ckpt_steps(workdir) == [1, 2, 3, 4]
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
+  assert all("train/eta_sec" in r for r in rows
+             if "train/loss" in r and r["step"] > 1)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+  """A 64 MiB tmpfs (root only: skips where the machine cannot mount one)."""
+  import subprocess
+  mnt = tmp_path / "tmpfs"
+  mnt.mkdir()
+  r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs",
+                      str(mnt)], capture_output=True, text=True, check=False)
+  if r.returncode:
+    pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the save "
+                "fault needs one")
+  try:
+    yield mnt
+  finally:
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("fault", ["disk_full", "read_only"])
+def test_save_fault_names_the_folder_and_keeps_the_previous_checkpoint(
+    data_dir, tmp_path, small_tmpfs, fault):
+  """Catches: an orbax traceback without the folder or a hint, or a save
+  that damages the previous step (the resume would not reach step 8)."""
+  import subprocess
+  workdir = str(tmp_path / "w")
+  os.makedirs(workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  os.symlink(small_tmpfs, ckpt_dir)  # only the checkpoints live on the tmpfs
+  filler = os.path.join(small_tmpfs, "filler")
+
+  def fault_at_5(step, state):
+    del state
+    if step != 5:
+      return
+    # The async save of step 4 must be complete (renamed) before the fault.
+    import time
+    deadline = time.monotonic() + 120
+    while not os.path.isdir(os.path.join(ckpt_dir, "4")):
+      assert time.monotonic() < deadline, "step 4 was never committed"
+      time.sleep(0.05)
+    if fault == "read_only":
+      subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)],
+                     check=True)
+    else:
+      with open(filler, "wb") as f:
+        try:
+          while True:
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+        except OSError:
+          pass
+
+  with pytest.raises(ckpt_lib.CheckpointSaveError) as e:
+    train.train_and_evaluate(smoke(data_dir), workdir, hooks=[fault_at_5])
+  msg = str(e.value)
+  assert ckpt_dir in msg or str(small_tmpfs) in msg, msg
+  assert "step 4" in msg and "intact" in msg, msg
+  assert "delete" not in msg
+  # Fix the disk; the same command resumes from the intact step 4.
+  if fault == "read_only":
+    subprocess.run(["mount", "-o", "remount,rw", str(small_tmpfs)], check=True)
+  else:
+    os.remove(filler)
+  results = train.train_and_evaluate(smoke(data_dir), workdir)
+  assert results["train"]["resumed_from"].startswith("workdir checkpoint step 4")
+  assert results["train"]["steps"] == STEPS

@@ -198,3 +198,93 @@ def test_config_key_classes_decide_what_may_change():
   with pytest.raises(ckpt_lib.ConfigMismatchError, match="data.root"):
     ckpt_lib.check_config_compatible(saved, changed("data.root", "/x"), "w",
                                      changeable=())
+
+
+def test_signal_catcher_first_signal_requests_second_exits():
+  """Catches: a second signal that only sets the flag again (a stuck save
+  could then never be interrupted) or a first one that exits."""
+  import signal
+  from medhash_jax.train import preemption
+  exits = []
+  c = preemption.SignalCatcher(exit_fn=exits.append)
+  with c:
+    assert signal.getsignal(signal.SIGTERM) == c.handle
+    assert signal.getsignal(signal.SIGINT) == c.handle
+    assert not c.requested
+    c.handle(signal.SIGINT)
+    assert c.requested and c.received == signal.SIGINT and exits == []
+    c.handle(signal.SIGTERM)
+    assert exits == [128 + signal.SIGTERM]
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  e = preemption.TrainingInterrupted("stopped", 7)
+  assert isinstance(e, SystemExit) and e.code == 75 and e.step == 7
+
+
+def test_wall_clock_cadence():
+  from medhash_jax.train import preemption
+  now = [100.0]
+  c = preemption.WallClock(30.0, now=lambda: now[0])
+  assert not c.due()
+  now[0] = 129.9
+  assert not c.due()
+  now[0] = 130.0
+  assert c.due()
+  c.reset()
+  assert not c.due()
+  assert not preemption.WallClock(0, now=lambda: now[0] + 1e9).due()  # off
+
+
+def test_step_reduces_requests_over_the_global_batch():
+  """Every process must read the same decision: the step returns the
+  column-wise max of the requests of every device. Catches: an unreduced
+  value (the first device's row, which did not ask) or a min."""
+  from medhash_jax.train import preemption
+  mesh = mesh_lib.make_mesh()
+  params = mesh_lib.replicate({"w": jnp.ones((2,))}, mesh)
+  st = state_lib.create_train_state(apply_fn=None, variables={"params": params},
+                                    tx=optax.sgd(0.1),
+                                    rng=state_lib.root_key(0), mesh=mesh)
+
+  def objective(p, stats, batch, rng, step):
+    del rng, step
+    loss = jnp.sum(p["w"]) * jnp.mean(batch["x"])
+    return loss, ({}, stats)
+
+  train_step = step_lib.make_train_step(objective, optax.constant_schedule(0.1),
+                                        mesh=mesh, state_example=st)
+  req = preemption.Requests(4).local(stop=False, checkpoint=False)
+  req[2, preemption.STOP] = 1  # one device (as one process would) asks
+  batch = mesh_lib.shard_batch({"x": np.ones((8, 1), np.float32),
+                                step_lib.CONTROL_KEY: req}, mesh)
+  _, m = train_step(st, batch, jnp.array(st.rng))
+  assert preemption.decode(m[step_lib.CONTROL_KEY]) == {"stop": True,
+                                                        "checkpoint": False}
+
+
+def test_restore_skips_a_damaged_step_and_names_it(tmp_path):
+  """Catches: the fallback only for the train loop (classifier stages and
+  --mode=evaluate restore through the same Checkpointer.restore)."""
+  mesh = mesh_lib.make_mesh()
+  params = mesh_lib.replicate(_params(), mesh)
+  st = state_lib.create_train_state(
+      apply_fn=None, variables={"params": params}, tx=optax.adam(1e-3),
+      rng=state_lib.root_key(3), mesh=mesh)
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "ck"), max_to_keep=5,
+                             async_save=False)
+  for s in (1, 2):
+    ck.save(s, st.replace(step=jnp.int32(s)).checkpoint_items(), force=True)
+  os.remove(tmp_path / "ck" / "2" / "state" / "_METADATA")
+  ro = ckpt_lib.Checkpointer(str(tmp_path / "ck"), read_only=True)
+  restored, step = ro.restore(st.checkpoint_items())
+  assert step == 1 and int(restored["step"]) == 1
+  assert [s for s, _, _ in ro.skipped] == [2]
+  assert ro.skipped[0][1] == str(tmp_path / "ck" / "2")
+  assert os.path.isdir(tmp_path / "ck" / "2")  # read-only: left in place
+  ro.close()
+  restored, step = ck.restore(st.checkpoint_items())  # writable: moved aside
+  assert step == 1 and ck.all_steps() == [1]
+  assert os.path.isdir(tmp_path / "ck" / "damaged" / "2" / "state")
+  ck.save(2, st.replace(step=jnp.int32(2)).checkpoint_items(), force=True)
+  assert ck.all_steps() == [1, 2]
+  ck.close()

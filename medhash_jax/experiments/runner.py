@@ -238,7 +238,12 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
         if os.path.exists(res_path) and not rerun:
           check_reusable(cfg, wd)
           with open(res_path, encoding="utf-8") as f:
-            results = json.load(f)
+            try:
+              results = json.load(f)
+            except ValueError as e:  # a copy cut short, a full disk
+              raise ValueError(
+                  f"{res_path} is corrupt or truncated ({e}); --mode=evaluate"
+                  f" --workdir={wd} writes it again from the run") from e
           logging.info("experiments: reusing %s", wd)
         else:
           logging.info("experiments: %s, %d bits, seed %d -> %s", method, k,

@@ -11,11 +11,20 @@ that a workdir is never silently resumed under a different one.
 Resume order (`restore_or_initialize`): the workdir's latest step ->
 `config.resume` (another run's checkpoint, full state) -> `config.init_from`
 (weights only, matched by path and shape) -> scratch.
+
+A damaged step (a truncated or missing file: a full disk, a copy cut short)
+never stops a resume while an older step is intact: `restore` tries the
+steps newest first, names each one it skips (step, path, error), and moves
+it aside into `damaged/` (never deleting it) so that training can write that
+step again. A save that fails (disk full, a read-only folder) raises
+CheckpointSaveError naming the folder and the last intact step, which
+orbax's write-then-rename leaves untouched.
 """
 
 import json
 import os
 import re
+import time
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from absl import logging
@@ -28,8 +37,45 @@ from medhash_jax.train import defaults
 
 CONFIG_FILE = "config.json"
 
+DAMAGED_DIR = "damaged"
+
+
 class ConfigMismatchError(ValueError):
   """The workdir holds a checkpoint written under a different config."""
+
+
+class DamagedCheckpointError(RuntimeError):
+  """No checkpoint of a folder could be restored; each is named with why."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint (or the run record) could not be written."""
+
+
+def _reason(e: BaseException, limit: int = 300) -> str:
+  """'TypeName: first line of the message' (TensorStore errors are long)."""
+  text = str(e).strip().splitlines()
+  text = text[0] if text else ""
+  if len(text) > limit:
+    text = text[:limit] + "..."
+  return f"{type(e).__name__}: {text}"
+
+
+def _all_processes_ok(ok: bool) -> bool:
+  """True when `ok` holds on every process (a collective when there are
+  several: each process calls it at the same point of the same sequence)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags = multihost_utils.process_allgather(np.int32(ok))
+  return bool(np.all(np.asarray(flags)))
+
+
+def sync_processes(name: str):
+  """Waits until every process got here (no-op for one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -118,6 +164,9 @@ class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: Optional[int] = 3,
                async_save: bool = True, read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self.read_only = read_only
+    # (step, path, reason) of each damaged step the last restore skipped.
+    self.skipped = []
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=async_save)
@@ -134,11 +183,17 @@ class Checkpointer:
     if saved is not None and self.latest_step() is not None:
       check_config_compatible(saved, config_dict, self.directory)
     if jax.process_index() == 0:
-      os.makedirs(self.directory, exist_ok=True)
       tmp = os.path.join(self.directory, f".{CONFIG_FILE}.tmp")
-      with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config_dict, f, indent=2, sort_keys=True, default=str)
-      os.replace(tmp, os.path.join(self.directory, CONFIG_FILE))
+      try:
+        os.makedirs(self.directory, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+          json.dump(config_dict, f, indent=2, sort_keys=True, default=str)
+        os.replace(tmp, os.path.join(self.directory, CONFIG_FILE))
+      except OSError as e:
+        record = os.path.join(self.directory, CONFIG_FILE)
+        raise CheckpointSaveError(
+            f"cannot write the run record {record} ({_reason(e)}): is the "
+            "--workdir writable and is there disk space?") from e
 
   # -- steps ------------------------------------------------------------------
 
@@ -153,21 +208,103 @@ class Checkpointer:
     items = {"state": ocp.args.StandardSave(state_items)}
     if data_iter is not None:
       items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
-    return self._mgr.save(int(step), args=ocp.args.Composite(**items),
-                          force=force)
+    try:
+      return self._mgr.save(int(step), args=ocp.args.Composite(**items),
+                            force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e, step) from e
+
+  def _save_error(self, e: BaseException, step: Optional[int]
+                  ) -> CheckpointSaveError:
+    """The message of a failed save: what, where, and what is still safe."""
+    # A step whose write failed has no folder under its name (orbax writes
+    # to a temporary one and renames it when complete).
+    intact = [s for s in self.all_steps() if s != step and
+              os.path.isdir(os.path.join(self.directory, str(s)))]
+    keep = (f"the previous checkpoint (step {max(intact)}, "
+            f"{os.path.join(self.directory, str(max(intact)))}) is intact"
+            if intact else "no earlier checkpoint exists")
+    what = f"step {step}" if step is not None else "a pending step"
+    return CheckpointSaveError(
+        f"could not write the checkpoint of {what} to {self.directory} "
+        f"({_reason(e)}); {keep}. Free disk space or make the folder writable,"
+        " then rerun the same command: training resumes from the last intact "
+        "checkpoint.")
+
+  def reached_preemption(self, step: int) -> bool:
+    """JAX's multi-process preemption sync point (see train/preemption.py)."""
+    return bool(self._mgr.reached_preemption(int(step)))
+
+  def _restore_step(self, step: int, state_items: Any, data_iter) -> Any:
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_items)
+    restored = self._mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))
+    # The iterator after the state: it is restored in place, so a step whose
+    # state is damaged must not move it.
+    if data_iter is not None and self._has_item(step, "data_iter"):
+      self._mgr.restore(step, args=ocp.args.Composite(
+          data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+    return restored["state"]
 
   def restore(self, state_items: Any, data_iter=None,
               step: Optional[int] = None) -> Tuple[Any, int]:
-    """Restores into the structure/sharding of `state_items` (live arrays)."""
-    step = self.latest_step() if step is None else int(step)
-    if step is None:
+    """Restores into the structure/sharding of `state_items` (live arrays).
+
+    Without `step`, the newest step that restores: damaged newer ones are
+    reported, listed in `self.skipped` and moved into `damaged/`.
+
+    Raises:
+      FileNotFoundError: no checkpoint at all.
+      DamagedCheckpointError: every step failed (each is named; none is
+        touched).
+    """
+    if step is not None:
+      return self._restore_step(int(step), state_items, data_iter), int(step)
+    return self._newest_restorable(
+        lambda s: self._restore_step(s, state_items, data_iter))
+
+  def _newest_restorable(self, restore_fn) -> Tuple[Any, int]:
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_items)
-    items = {"state": ocp.args.StandardRestore(target)}
-    if data_iter is not None and self._has_item(step, "data_iter"):
-      items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-    restored = self._mgr.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"], step
+    self.skipped = []
+    for s in steps:
+      path = os.path.join(self.directory, str(s))
+      try:
+        out, error = restore_fn(s), None
+      except Exception as e:  # pylint: disable=broad-except
+        out, error = None, e
+      if not _all_processes_ok(error is None):
+        reason = _reason(error) if error else "failed on another process"
+        logging.warning("checkpoint step %d (%s) could not be restored (%s); "
+                        "trying the previous one", s, path, reason)
+        self.skipped.append((s, path, reason))
+        continue
+      if self.skipped and not self.read_only:
+        self._move_aside([k for k, _, _ in self.skipped])
+      return out, s
+    raise DamagedCheckpointError(
+        f"no checkpoint in {self.directory} could be restored:\n" +
+        "\n".join(f"  step {s} ({p}): {r}" for s, p, r in self.skipped) +
+        "\nNothing was deleted or moved. Copy intact files back (e.g. from a "
+        "backup), or train into a fresh --workdir to start over.")
+
+  def _move_aside(self, steps):
+    """Damaged steps -> `damaged/<step>[-<time>]`: kept, out of orbax's way."""
+    moved = []
+    if jax.process_index() == 0:
+      root = os.path.join(self.directory, DAMAGED_DIR)
+      os.makedirs(root, exist_ok=True)
+      for s in steps:
+        dst = os.path.join(root, str(s))
+        if os.path.exists(dst):
+          dst += time.strftime("-%Y%m%dT%H%M%S")
+        os.replace(os.path.join(self.directory, str(s)), dst)
+        moved.append(dst)
+      logging.warning("moved the damaged checkpoint(s) %s aside (not deleted):"
+                      " %s", steps, moved)
+    sync_processes("medhash_move_damaged_checkpoints")
+    self._mgr.reload()
 
   def restore_raw(self, step: Optional[int] = None) -> Dict[str, Any]:
     """The saved state as host arrays, without a target structure.
@@ -176,9 +313,11 @@ class Checkpointer:
     count or process count was (orbax refuses a target-less restore on
     another topology).
     """
-    step = self.latest_step() if step is None else int(step)
     if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+      return self._newest_restorable(self._restore_raw_step)[0]
+    return self._restore_raw_step(int(step))
+
+  def _restore_raw_step(self, step: int) -> Dict[str, Any]:
     meta = ocp.StandardCheckpointer().metadata(
         os.path.join(self.directory, str(step), "state"))
     meta = getattr(meta, "item_metadata", meta)
@@ -196,7 +335,10 @@ class Checkpointer:
     return os.path.isdir(os.path.join(self.directory, str(step), name))
 
   def wait_until_finished(self):
-    self._mgr.wait_until_finished()
+    try:
+      self._mgr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e, None) from e
 
   def close(self):
     self._mgr.wait_until_finished()

@@ -43,6 +43,8 @@ KEY_CLASSES = {
     "train.log_every_steps": OPERATIONAL,
     "train.eval_every_steps": OPERATIONAL,
     "train.checkpoint_every_steps": OPERATIONAL,
+    "train.checkpoint_every_minutes": OPERATIONAL,
+    "train.log_every_seconds": OPERATIONAL,
     "train.keep_checkpoints": OPERATIONAL,
     "eval.": OPERATIONAL,
     "data.root": OPERATIONAL,
@@ -118,6 +120,11 @@ def default_config() -> ml_collections.ConfigDict:
       log_every_steps=50,
       eval_every_steps=500,  # val retrieval for model selection; 0 = at end
       checkpoint_every_steps=500,
+      # Wall-time cadences on top of the step ones, so that a slow model is
+      # safe by default: a checkpoint at least every N minutes (0 = steps
+      # only) and a progress line at least every N seconds (0 = steps only).
+      checkpoint_every_minutes=10.0,
+      log_every_seconds=30.0,
       keep_checkpoints=3,
   ))
 

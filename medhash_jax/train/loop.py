@@ -7,6 +7,12 @@
   {workdir}/results.json and the database index.
 
 Every check that can fail on bad input runs before the first step.
+
+Long runs survive (train/preemption.py): SIGTERM / SIGINT finish the step,
+save a checkpoint and exit with status 75; checkpoints and progress lines
+also follow wall time (`train.checkpoint_every_minutes`,
+`train.log_every_seconds`), decided identically on every process; a resume
+skips damaged checkpoints (train/checkpoint.py).
 """
 
 import json
@@ -25,6 +31,7 @@ from medhash_jax.train import checkpoint as ckpt_lib
 from medhash_jax.train import evaluate as eval_lib
 from medhash_jax.train import mesh as mesh_lib
 from medhash_jax.train import optim as optim_lib
+from medhash_jax.train import preemption
 from medhash_jax.train import state as state_lib
 from medhash_jax.train import step as step_lib
 from medhash_jax.train import task as task_lib
@@ -98,13 +105,23 @@ class Run:
     if self.ckpt is not None and self.ckpt.latest_step() is not None:
       restored, step = self.ckpt.restore(items, self.ds.train_iter)
       self.state = self.state.replace_from_checkpoint(restored)
-      return f"workdir checkpoint step {step}"
+      origin = f"workdir checkpoint step {step}"
+      if self.ckpt.skipped:
+        origin += " (skipped damaged " + ", ".join(
+            f"step {s} at {p}: {r}" for s, p, r in self.ckpt.skipped) + ")"
+        logging.warning("resuming from step %d, the newest checkpoint that "
+                        "restores; %s", step, origin)
+      return origin
     if cfg.resume:
       other, step = ckpt_lib.open_for_reading(cfg.resume)
       if other.saved_config() is not None:
         ckpt_lib.check_config_compatible(other.saved_config(), cfg.to_dict(),
                                          cfg.resume)
-      restored, step = other.restore(items, self.ds.train_iter, step)
+      # A workdir or checkpoints folder: its newest step that restores; a
+      # step folder: that step.
+      named = os.path.basename(os.path.normpath(cfg.resume)).isdigit()
+      restored, step = other.restore(items, self.ds.train_iter,
+                                     step if named else None)
       other.close()
       self.state = self.state.replace_from_checkpoint(restored)
       return f"config.resume={cfg.resume} step {step}"
@@ -179,12 +196,21 @@ class Run:
     return out
 
 
+def _read_json(path: str) -> Any:
+  """json.load that names the file when it is truncated or corrupt."""
+  with open(path, encoding="utf-8") as f:
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{path} is corrupt or truncated ({e}); it is written "
+                       "again by training or --mode=evaluate") from e
+
+
 def _best_record(workdir: str) -> Optional[Dict[str, Any]]:
   path = os.path.join(workdir, BEST_FILE)
   if not os.path.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return _read_json(path)
 
 
 def _finite(obj):
@@ -262,6 +288,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   log_every = max(1, int(cfg.train.log_every_steps))
   eval_every = int(cfg.train.eval_every_steps)
   ckpt_every = int(cfg.train.checkpoint_every_steps)
+  log_clock = preemption.WallClock(cfg.train.get("log_every_seconds", 0))
+  ckpt_clock = preemption.WallClock(
+      60.0 * cfg.train.get("checkpoint_every_minutes", 0))
+  # Several processes must take every non-step decision (stop, a time-based
+  # checkpoint) at the same step: they act on the requests the step returned
+  # (the max over all processes, preemption.py), one step late. One process
+  # acts on its own at once.
+  multi = jax.process_count() > 1
+  requests = preemption.Requests(run.mesh.size // jax.process_count())
+  agreed = {}  # step -> requests reduced over all processes by that step
   # Steps/s excludes val passes (`paused`); `seconds` in results includes them.
   t_log, steps_logged, paused = time.perf_counter(), 0, 0.0
   t_train = time.perf_counter()
@@ -276,68 +312,99 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       return
     done, metrics = pending
     pending = None
-    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    host = dict(jax.device_get(metrics))
+    control = host.pop(step_lib.CONTROL_KEY, None)
+    if control is not None:
+      agreed[done] = preemption.decode(control)
+    host = {k: float(v) for k, v in host.items()}
     step_lib.check_finite(host, done, last_good())
     last_loss = host["loss"]
     meter.add(host)
 
   try:
-    for step in range(start, total):
-      batch = next(run.ds.train_iter)
-      sbatch = mesh_lib.shard_batch(run.task.train_inputs(batch), run.mesh)
-      state, metrics = train_step(state, sbatch, root)
-      # Fetch the previous step's metrics only now, so the host never waits
-      # for the step it just dispatched.
+    with preemption.SignalCatcher() as catcher:
+      for step in range(start, total):
+        batch = next(run.ds.train_iter)
+        inputs = dict(run.task.train_inputs(batch))
+        inputs[step_lib.CONTROL_KEY] = requests.local(
+            stop=catcher.requested, checkpoint=ckpt_clock.due())
+        sbatch = mesh_lib.shard_batch(inputs, run.mesh)
+        state, metrics = train_step(state, sbatch, root)
+        # Fetch the previous step's metrics only now, so the host never waits
+        # for the step it just dispatched.
+        flush()
+        done = step + 1
+        pending = (done, metrics)
+        steps_logged += 1
+        first = step == start
+        if first:
+          # The first step compiles; keep it out of steps/s and the ETA.
+          jax.block_until_ready(metrics)
+          first_s = time.perf_counter() - t_log
+        for hook in hooks:
+          hook(done, state)
+        if multi:
+          # Step done-1's requests are on the host by now (flushed above or
+          # at an earlier log line), on every process alike.
+          req = agreed.pop(done - 1, None) or {}
+          stop, time_ckpt = req.get("stop", False), req.get("checkpoint", False)
+        else:
+          stop, time_ckpt = catcher.requested, ckpt_clock.due()
+        # JAX's own multi-process preemption sync point (a notice its
+        # notifier caught before our handler was installed). It compares
+        # call counters exactly, and every process starts this loop at the
+        # same step, so count calls from 1 (a resumed run's first step would
+        # never meet a sync point computed from counters still at 0).
+        stop = stop or run.ckpt.reached_preemption(done - start)
+        if (done % log_every == 0 or done == total or first or stop or
+            log_clock.due()):
+          flush()
+          scalars = {f"train/{k}": v for k, v in meter.pop().items()}
+          if first:
+            line = (f"first step (with compilation) took {first_s:.1f} s, "
+                    + _log_line(scalars, float("nan"), float("nan")))
+          else:
+            dt = time.perf_counter() - t_log - paused
+            sps = steps_logged / dt if steps_logged and dt > 0 else float("nan")
+            eta = (total - done) / sps if sps > 0 else float("nan")
+            scalars["train/steps_per_sec"] = sps
+            scalars["train/images_per_sec"] = sps * cfg.train.batch_size
+            scalars["train/eta_sec"] = eta
+            line = _log_line(scalars, sps, eta)
+          logging.info("step %d/%d: %s", done, total, line)
+          writer.write_scalars(done, scalars)
+          final_loss = scalars["train/loss"]
+          t_log, steps_logged, paused = time.perf_counter(), 0, 0.0
+          log_clock.reset()
+        if (eval_every > 0 and done % eval_every == 0) or done == total:
+          flush()
+          t_eval = time.perf_counter()
+          val = run.evaluate_val(state.variables())
+          writer.write_scalars(done, {f"val/{k}": v for k, v in val.items()})
+          eval_lib.log_metrics(f"val step {done}", val)
+          if select not in val:
+            raise KeyError(f"eval.select_metric={select!r} is not in the "
+                           f"report; available: {sorted(val)}")
+          if best is None or val[select] > best["value"]:
+            if done in best_ckpt.all_steps():  # re-reached after a resume
+              best_ckpt.delete(done)
+            best_ckpt.save(done, {"params": state.params,
+                                  "batch_stats": state.batch_stats}, force=True)
+            best_ckpt.wait_until_finished()
+            best = {"step": done, "metric": select, "value": val[select],
+                    "val": val}
+            if is_writer:
+              _write_json(os.path.join(workdir, BEST_FILE), best)
+          paused += time.perf_counter() - t_eval
+        if ((ckpt_every > 0 and done % ckpt_every == 0) or done == total or
+            time_ckpt or stop):
+          flush()
+          run.ckpt.save(done, state.checkpoint_items(), run.ds.train_iter,
+                        force=done == total or time_ckpt or stop)
+          ckpt_clock.reset()
+        if stop and done < total:
+          _stop(run, writer, catcher, done, total, workdir)
       flush()
-      done = step + 1
-      pending = (done, metrics)
-      steps_logged += 1
-      if step == start:
-        # The first step compiles; keep it out of steps/s and the ETA.
-        jax.block_until_ready(metrics)
-        logging.info("first step (with compilation) took %.1f s",
-                     time.perf_counter() - t_log)
-        t_log, steps_logged = time.perf_counter(), 0
-      for hook in hooks:
-        hook(done, state)
-      if done % log_every == 0 or done == total:
-        flush()
-        dt = time.perf_counter() - t_log - paused
-        sps = steps_logged / dt if steps_logged and dt > 0 else float("nan")
-        scalars = {f"train/{k}": v for k, v in meter.pop().items()}
-        scalars["train/steps_per_sec"] = sps
-        scalars["train/images_per_sec"] = sps * cfg.train.batch_size
-        eta = (total - done) / sps if sps > 0 else float("nan")
-        scalars["train/eta_sec"] = eta
-        logging.info("step %d/%d: %s", done, total, _log_line(scalars, sps, eta))
-        writer.write_scalars(done, scalars)
-        final_loss = scalars["train/loss"]
-        t_log, steps_logged, paused = time.perf_counter(), 0, 0.0
-      if (eval_every > 0 and done % eval_every == 0) or done == total:
-        flush()
-        t_eval = time.perf_counter()
-        val = run.evaluate_val(state.variables())
-        writer.write_scalars(done, {f"val/{k}": v for k, v in val.items()})
-        eval_lib.log_metrics(f"val step {done}", val)
-        if select not in val:
-          raise KeyError(f"eval.select_metric={select!r} is not in the report;"
-                         f" available: {sorted(val)}")
-        if best is None or val[select] > best["value"]:
-          if done in best_ckpt.all_steps():  # re-reached after a resume
-            best_ckpt.delete(done)
-          best_ckpt.save(done, {"params": state.params,
-                                "batch_stats": state.batch_stats}, force=True)
-          best_ckpt.wait_until_finished()
-          best = {"step": done, "metric": select, "value": val[select],
-                  "val": val}
-          if is_writer:
-            _write_json(os.path.join(workdir, BEST_FILE), best)
-        paused += time.perf_counter() - t_eval
-      if (ckpt_every > 0 and done % ckpt_every == 0) or done == total:
-        flush()
-        run.ckpt.save(done, state.checkpoint_items(), run.ds.train_iter,
-                      force=done == total)
-    flush()
   finally:
     run.ckpt.wait_until_finished()
     best_ckpt.close()
@@ -361,6 +428,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writer.close()
   run.ckpt.close()
   return results
+
+
+def _stop(run: Run, writer, catcher, done: int, total: int, workdir: str):
+  """After the stop step's checkpoint: wait for it, tell how to resume, exit."""
+  run.ckpt.wait_until_finished()
+  writer.flush()
+  # No process may exit before every process's part is committed.
+  ckpt_lib.sync_processes("medhash_stop")
+  why = (preemption.signal_name(catcher.received) if catcher.requested else
+         "a stop request of another process" if jax.process_count() > 1 else
+         "a preemption notice")
+  msg = (f"stopped by {why} at step {done} of {total}; checkpoint "
+         f"{os.path.join(run.ckpt.directory, str(done))} is saved. To resume, "
+         f"run the same command again (same --workdir={workdir}): training "
+         f"continues from step {done}. Exit status "
+         f"{preemption.EXIT_RESUMABLE}.")
+  logging.warning(msg)
+  raise preemption.TrainingInterrupted(msg, done)
 
 
 def final_evaluation(run: Run, train_info: Dict[str, Any], *,
@@ -421,8 +506,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str
   previous = {}
   path = os.path.join(workdir, RESULTS_FILE)
   if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      previous = json.load(f).get("train", {})
+    previous = _read_json(path).get("train", {})
   train_info = previous or {"steps": int(step), "final_loss": None,
                             "seconds": None}
   results = final_evaluation(run, train_info, reuse_val=False)
@@ -438,7 +522,9 @@ def _log_line(scalars: Dict[str, float], sps: float, eta: float) -> str:
   extra = ", ".join(f"{k[len('train/'):]} {v:.4g}"
                     for k, v in sorted(scalars.items())
                     if k in ("train/grad_norm", "train/beta"))
-  return (f"{sps:.2f} steps/s, ETA {_hms(eta)}, lr {scalars['train/lr']:.3g}, "
+  speed = (f"{sps:.2f} steps/s ({1 / sps:.3g} s/step)" if sps > 0 else
+           "? steps/s")
+  return (f"{speed}, ETA {_hms(eta)}, lr {scalars['train/lr']:.3g}, "
           f"loss {scalars['train/loss']:.4f} ({terms}), {extra}")
 
 

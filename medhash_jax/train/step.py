@@ -21,6 +21,12 @@ from medhash_jax.train.state import TrainState
 
 # objective(params, batch_stats, batch, rng, step)
 #   -> (loss, (terms: dict of scalars, new_batch_stats))
+# Optional batch entry: int32 (global rows, n) of per-process requests (stop,
+# checkpoint; `preemption.Requests`), sharded like the batch. The step returns
+# its column-wise max under the same key, identical on every process, so that
+# every process acts on the same requests at the same step.
+CONTROL_KEY = "_control"
+
 Objective = Callable[..., Tuple[jax.Array, Tuple[Dict[str, jax.Array], Any]]]
 
 
@@ -48,6 +54,8 @@ def make_train_step(objective: Objective, schedule: optax.Schedule, *,
 
   def train_step(state: TrainState, batch: Dict[str, jax.Array],
                  rng: jax.Array) -> Tuple[TrainState, Dict[str, jax.Array]]:
+    batch = dict(batch)
+    control = batch.pop(CONTROL_KEY, None)
     step_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
@@ -60,6 +68,8 @@ def make_train_step(objective: Objective, schedule: optax.Schedule, *,
                "grad_norm": optax.tree.norm(grads)}
     for k, v in terms.items():
       metrics.setdefault(k, v)
+    if control is not None:
+      metrics[CONTROL_KEY] = jax.numpy.max(control, axis=0)
     return new_state, metrics
 
   if not jit:

@@ -44,6 +44,12 @@ def validate_config(config) -> None:
   _positive_int(config.train.batch_size, "train.batch_size")
   _positive_int(config.train.num_steps, "train.num_steps")
   _positive_int(config.train.log_every_steps, "train.log_every_steps")
+  for key in ("checkpoint_every_minutes", "log_every_seconds"):
+    value = config.train.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+        not value >= 0:
+      raise ConfigError(f"train.{key} must be a number >= 0 (0 = off), got "
+                        f"{value!r}")
   if config.train.keep_checkpoints is not None and config.train.keep_checkpoints < 1:
     raise ConfigError("train.keep_checkpoints must be >= 1")
   if config.optim.name not in optim_lib.OPTIMIZERS:

@@ -61,7 +61,9 @@ class JsonlWriter(MetricWriter):
 
   def __init__(self, path: str):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    self._f = open(path, "a", encoding="utf-8")
+    # Line-buffered: a row is on disk as soon as it is written, so a killed
+    # run keeps its curve and tests can follow a live run.
+    self._f = open(path, "a", encoding="utf-8", buffering=1)
 
   def write_scalars(self, step, scalars):
     row = {"step": int(step), "time": time.time()}
