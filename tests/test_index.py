@@ -1,6 +1,7 @@
 """HammingIndex: search, ids, range search, file formats (1 and 2, mmap), integrity, faiss interop."""
 
 import base64
+import concurrent.futures
 import hashlib
 import os
 import struct
@@ -10,6 +11,7 @@ import pytest
 
 from medhash_jax import retrieval
 from medhash_jax.retrieval import layout as layout_lib
+from medhash_jax.retrieval import topk as topk_lib
 from medhash_jax.retrieval.index import IndexFileError
 from tests.test_retrieval import np_topk, random_codes
 
@@ -322,3 +324,34 @@ def test_bad_input():
     index.range_search(np.zeros((1, 20), np.float32), -1)
   with pytest.raises(ValueError, match="num_bits"):
     retrieval.HammingIndex(0)
+
+
+def test_without_the_kernel_the_reference_path_answers(monkeypatch):
+  # An install without a compiler: "auto" resolves to the reference backend,
+  # which reads rows rebuilt from the layout.
+  index, codes = _index(bits=20, n=300, distinct=25)
+  queries = random_codes(np.random.default_rng(12), 6, 20)
+  qp = np.asarray(retrieval.pack_codes(queries))
+  monkeypatch.setattr(topk_lib, "cpu_kernel_available", lambda: False)
+  assert topk_lib.resolve_backend("auto") == "reference"
+  rd, ri = np_topk(qp, np.asarray(retrieval.pack_codes(codes)), 300)
+  d, got = index.search(queries, 17)
+  np.testing.assert_array_equal(d, rd[:, :17])
+  np.testing.assert_array_equal(got, ri[:, :17])
+  lims, d, got = index.range_search(queries, 4)
+  for r in range(6):
+    keep = rd[r] <= 4
+    np.testing.assert_array_equal(d[lims[r]:lims[r + 1]], rd[r][keep])
+    np.testing.assert_array_equal(got[lims[r]:lims[r + 1]], ri[r][keep])
+
+
+def test_concurrent_searches_from_threads():
+  # A server answers from several threads; the kernel runs without the GIL.
+  index, codes = _index(bits=64, n=3000, distinct=200)
+  queries = random_codes(np.random.default_rng(13), 40, 64)
+  want = [index.search(queries[i:i + 1], 9) for i in range(40)]
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    got = list(pool.map(lambda i: index.search(queries[i:i + 1], 9), range(40)))
+  for (wd, wi), (gd, gi) in zip(want, got):
+    np.testing.assert_array_equal(gd, wd)
+    np.testing.assert_array_equal(gi, wi)
