@@ -1,15 +1,24 @@
-// Exact Hamming top-k and distance histograms on the CPU, as XLA FFI targets.
+// Exact Hamming top-k and distance histograms on the CPU.
 //
-// Two handlers are exported (see medhash_jax/retrieval/cpu_kernel.py):
-//   MedhashHammingTopk:      uint32 (Q, W), uint32 (N, W), attr k
-//                            -> int32 distances (Q, k), int32 indices (Q, k),
-//                            each row sorted by (distance, database index).
-//   MedhashHammingHistogram: uint32 (Q, W), uint32 (N, W)
-//                            -> int32 (Q, 32 W + 1), counts per distance.
+// Entry points (see medhash_jax/retrieval/cpu_kernel.py):
+//   XLA FFI targets (jit-compatible):
+//   MedhashHammingTopk:       uint32 (Q, W), uint32 (N, W), attr k
+//                             -> int32 distances (Q, k), int32 indices (Q, k),
+//                             each row sorted by (distance, database index).
+//   MedhashHammingHistogram:  uint32 (Q, W), uint32 (N, W)
+//                             -> int32 (Q, 32 W + 1), counts per distance.
+//   MedhashHammingTopkLayout: uint32 (Q, W), uint8 layout, attrs n,
+//                             bytes_per_code, k -> as MedhashHammingTopk.
+//   Plain C (ctypes; HammingIndex): MedhashLayoutTopk, MedhashLayoutHistogram
+//   over a prebuilt layout, and MedhashStreamRead (a read-bandwidth probe).
 //
 // How the top-k works (never sorts N):
-//   * The database is transposed once per call into blocks of 16 codes,
-//     word-major ("SoA"), so that one SIMD register holds word w of 16 codes.
+//   * The database is read in a block layout (DbLayout below): blocks of 16
+//     codes, word-major, so that one SIMD register holds word w of 16 codes;
+//     narrow tail columns keep a code at ceil(K / 8) bytes. HammingIndex
+//     keeps its database in this layout (built once, at add) and the layout
+//     entry points read it in place, in memory or memory-mapped; the targets
+//     that take uint32 rows transpose them into it once per call.
 //   * Queries are processed in register blocks of QB against each 16-code
 //     block (the database words are loaded once for QB queries), and groups
 //     of queries sweep the database tile by tile so that a tile stays in L2.
@@ -32,10 +41,14 @@
 //     variant is used instead: a distance histogram gives d_k, and a second
 //     distance pass scatters the winners straight into the output by
 //     counting-sort offsets. MEDHASH_TOPK_METHOD=buffer|twopass forces one.
-//   * Threads over groups of queries (MEDHASH_NUM_THREADS, default: the CPUs
-//     this process may run on), handed out dynamically.
-//   * Memory: one SoA copy of the database per call (N * W * 4 bytes) plus
-//     O(k) per query in flight.
+//   * Threads (MEDHASH_NUM_THREADS, default: the CPUs this process may run
+//     on), work handed out dynamically: over groups of queries when there
+//     are many; over parts of the database when there are few (Q < 2 x
+//     threads), each part's top-k then merged exactly by (distance, index)
+//     (MEDHASH_DB_PARTS forces a number of parts).
+//   * Memory: O(k) per query in flight (O(parts x k) for the database split);
+//     plus, for the row-taking targets only, the per-call layout copy
+//     (N * W * 4 bytes).
 
 #include <algorithm>
 #include <atomic>
