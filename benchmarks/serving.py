@@ -155,6 +155,7 @@ def part_latency(args, threads, rng, report):
   for name, sec in med.items():
     print(f"  {name:<32}{sec * 1e3:9.2f} ms   x{sec / ours:6.2f} of ours")
   print(f"  ours / bandwidth bound: {ours / bound:.2f}")
+  best = None
   if fi is not None:
     best = min(v for name, v in med.items() if name.startswith("faiss"))
     ratio = ours / best
@@ -168,6 +169,18 @@ def part_latency(args, threads, rng, report):
     report.append(("Q=1 distances == faiss", same, ""))
   report.append(("Q=1 within 2x of the bandwidth bound", ours <= 2 * bound,
                  f"{ours / bound:.2f}x"))
+  for nq in (4, 16):  # small batches: the database split serves them too
+    small = {"HammingIndex.search": lambda r, nq=nq: index.search(
+        queries[:nq], k)}
+    if fi is not None:
+      small["faiss IndexBinaryFlat"] = lambda r, nq=nq: fi.search(fq[:nq], k)
+      if threads > 1:
+        small["faiss, 1 thread"] = lambda r, nq=nq: faiss_one_thread(
+            fi, fq[:nq], k, threads)
+    med_small = interleaved(small, max(3, args.rounds // 3))
+    line = ", ".join(f"{name} {sec * 1e3:.1f} ms"
+                     for name, sec in med_small.items())
+    print(f"  Q={nq}: {line}")
   return index, packed, queries, fi, pj, qj
 
 

@@ -304,13 +304,14 @@ def test_layout_topk_any_bits(env, num_bits, n):
 
 
 def test_few_queries_split_the_database_by_default(env):
-  # 70k codes, 1-3 queries, 4 threads: the automatic database split (no
-  # MEDHASH_DB_PARTS). Few distinct codes: long ties across part borders,
-  # which only a merge by (distance, index) orders right.
+  # 70k codes, 1-20 queries (20: more than one register block of 8), 4
+  # threads: the automatic database split (no MEDHASH_DB_PARTS). Few
+  # distinct codes: long ties across part borders, which only a merge by
+  # (distance, index) orders right.
   rng = np.random.default_rng(8)
-  q, db, lay, b = _layout_case(rng, 70_000, 32, distinct=40, nq=3)
+  q, db, lay, b = _layout_case(rng, 70_000, 32, distinct=40, nq=20)
   env(MEDHASH_NUM_THREADS=4)
-  for nq in (1, 3):
+  for nq in (1, 3, 20):
     for k in (1, 100, 4000):
       want_d, want_i = brute_topk(q[:nq], db, k)
       d, i = cpu_kernel.layout_topk(lay, 70_000, b, q[:nq], k)
