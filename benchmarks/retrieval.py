@@ -154,6 +154,14 @@ def run_setup(setup, args, threads, rng):
   for name, qn, sec, rate, _, same in rows:
     ratio = rate / faiss_rate if faiss_rate else float("nan")
     print(f"{name:<24}{qn:>7}{sec:>10.4f}{rate:>12.3e}{ratio:>9.2f}  {same}")
+  gpu_rates = {label.split(",")[0]: rate for label, _, _, rate, _, _ in rows
+               if label.split(",")[0] in ("gpu", "matmul")}
+  if len(gpu_rates) == 2:
+    # What launch/gpu_session.sh records to set topk.GPU_DEFAULT by.
+    faster = max(gpu_rates, key=gpu_rates.get)
+    print(f"GPU formulations: faster is {faster} ("
+          f"{gpu_rates[faster] / min(gpu_rates.values()):.2f}x; gpu = Pallas, "
+          "matmul = int8 matmul)")
   return rows
 
 

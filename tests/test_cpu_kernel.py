@@ -232,3 +232,128 @@ def test_failed_build_is_reported_not_raised(monkeypatch, tmp_path, caplog):
     lib = cpu_kernel._load()  # pylint: disable=protected-access
   assert lib is None
   assert "unavailable" in caplog.text
+
+
+# -- over a prebuilt layout (HammingIndex's path) -----------------------------
+
+
+def spec_layout(rows: np.ndarray) -> np.ndarray:
+  """The kernel layout written byte by byte from its specification
+  (csrc/hamming_topk.cc, DbLayout): independent of layout.py's reshapes."""
+  n, b = rows.shape
+  f, t = divmod(b, 4)
+  blocks = -(-n // 16)
+  out = np.zeros(blocks * 16 * b, np.uint8)
+  for i in range(n):
+    base, lane = (i // 16) * 16 * b, i % 16
+    for j in range(f):
+      out[base + 64 * j + 4 * lane: base + 64 * j + 4 * lane + 4] = \
+          rows[i, 4 * j:4 * j + 4]
+    o = base + 64 * f
+    if t >= 2:
+      out[o + 2 * lane: o + 2 * lane + 2] = rows[i, 4 * f:4 * f + 2]
+      o += 32
+    if t % 2:
+      out[o + lane] = rows[i, b - 1]
+  return out
+
+
+def _layout_case(rng, n, num_bits, distinct=None, nq=5):
+  from medhash_jax.retrieval import layout  # pylint: disable=g-import-not-at-top
+  db = random_codes(rng, n, num_bits, distinct)
+  q = random_codes(rng, nq, num_bits, distinct)
+  b = layout.bytes_per_code(num_bits)
+  rows = layout.packed_to_rows(db, b)
+  lay = layout.rows_to_layout(rows)
+  return q, db, lay, b
+
+
+@pytest.mark.parametrize("num_bits", [1, 7, 9, 16, 20, 24, 40, 48, 56, 72, 100,
+                                      256, 260])
+def test_layout_matches_its_specification(num_bits):
+  from medhash_jax.retrieval import layout  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(num_bits)
+  _, db, lay, b = _layout_case(rng, 37, num_bits)
+  rows = layout.packed_to_rows(db, b)
+  np.testing.assert_array_equal(lay, spec_layout(rows))
+  np.testing.assert_array_equal(layout.layout_to_rows(lay, 37, b), rows)
+  np.testing.assert_array_equal(layout.rows_to_packed(rows), db)
+
+
+@pytest.mark.parametrize("num_bits", [1, 7, 9, 20, 24, 40, 48, 56, 64, 72, 100,
+                                      256, 260])
+@pytest.mark.parametrize("n", [1, 17, 1000])
+def test_layout_topk_any_bits(env, num_bits, n):
+  # K not a multiple of 32 (tail columns of 1-3 bytes) on every SIMD level,
+  # one sweep and database parts merged (3 and 7 parts: borders inside and
+  # between blocks of 16).
+  rng = np.random.default_rng(num_bits * 31 + n)
+  q, db, lay, b = _layout_case(rng, n, num_bits, distinct=None if n < 999
+                               else 60)
+  want_h = brute_histogram(q, db)
+  for isa in ISAS:
+    for parts in (0, 3, 7):
+      env(MEDHASH_ISA=isa, MEDHASH_DB_PARTS=parts)
+      for k in sorted({1, min(10, n), n}):
+        want_d, want_i = brute_topk(q, db, k)
+        d, i = cpu_kernel.layout_topk(lay, n, b, q, k)
+        np.testing.assert_array_equal(d, want_d, err_msg=f"{isa} {parts} {k}")
+        np.testing.assert_array_equal(i, want_i, err_msg=f"{isa} {parts} {k}")
+      np.testing.assert_array_equal(cpu_kernel.layout_histogram(lay, n, b, q),
+                                    want_h, err_msg=f"{isa} {parts}")
+
+
+def test_few_queries_split_the_database_by_default(env):
+  # 70k codes, 1-20 queries (20: more than one register block of 8), 4
+  # threads: the automatic database split (no MEDHASH_DB_PARTS). Few
+  # distinct codes: long ties across part borders, which only a merge by
+  # (distance, index) orders right.
+  rng = np.random.default_rng(8)
+  q, db, lay, b = _layout_case(rng, 70_000, 32, distinct=40, nq=20)
+  env(MEDHASH_NUM_THREADS=4)
+  for nq in (1, 3, 20):
+    for k in (1, 100, 4000):
+      want_d, want_i = brute_topk(q[:nq], db, k)
+      d, i = cpu_kernel.layout_topk(lay, 70_000, b, q[:nq], k)
+      np.testing.assert_array_equal(d, want_d)
+      np.testing.assert_array_equal(i, want_i)
+    np.testing.assert_array_equal(
+        cpu_kernel.layout_histogram(lay, 70_000, b, q[:nq]),
+        brute_histogram(q[:nq], db))
+  # The rows-based FFI target takes the same path for few queries.
+  d, i = cpu_kernel.hamming_topk_cpu(q[:1], db, 50)
+  want_d, want_i = brute_topk(q[:1], db, 50)
+  np.testing.assert_array_equal(np.asarray(d), want_d)
+  np.testing.assert_array_equal(np.asarray(i), want_i)
+
+
+def test_layout_ffi_target_inside_jit():
+  rng = np.random.default_rng(9)
+  q, db, lay, b = _layout_case(rng, 333, 48)
+  search = jax.jit(cpu_kernel.layout_topk_ffi, static_argnums=(2, 3, 4))
+  d, i = search(jnp.asarray(q), jnp.asarray(lay), 333, b, 12)
+  want_d, want_i = brute_topk(q, db, 12)
+  np.testing.assert_array_equal(np.asarray(d), want_d)
+  np.testing.assert_array_equal(np.asarray(i), want_i)
+
+
+def test_layout_rejects_bad_arguments():
+  rng = np.random.default_rng(10)
+  q, _, lay, b = _layout_case(rng, 40, 48)
+  with pytest.raises(ValueError, match="need 1 <= k <= N"):
+    cpu_kernel.layout_topk(lay, 40, b, q, 41)
+  with pytest.raises(ValueError, match="layout has"):
+    cpu_kernel.layout_topk(lay[:-1], 40, b, q, 1)
+  with pytest.raises(ValueError, match=r"queries must be uint32 \(Q, 2\)"):
+    cpu_kernel.layout_topk(lay, 40, b, q[:, :1], 1)
+
+
+def test_stream_read_reads_every_byte():
+  # The bandwidth probe must touch every byte (a skipped range would make
+  # the benchmark's bound optimistic): flipping any one byte changes it.
+  data = np.random.default_rng(11).integers(0, 256, 1_000_003, np.uint8)
+  got = cpu_kernel.stream_read(data, 3)
+  for pos in (0, 130, 333_334, 999_999, 1_000_002):
+    changed = data.copy()
+    changed[pos] ^= 0x01
+    assert cpu_kernel.stream_read(changed, 3) != got, pos

@@ -45,3 +45,35 @@ def test_presharded_with_num_valid():
   np.testing.assert_array_equal(np.asarray(i), ri)
   with pytest.raises(ValueError, match="k=102"):
     sharded.sharded_topk(q, db_sharded, 102, num_valid=valid, mesh=mesh)
+
+
+@pytest.mark.skipif(not retrieval.cpu_kernel_available(),
+                    reason="C++ kernel not built")
+@pytest.mark.parametrize("bits,n", [(20, 4), (48, 401), (64, 1000)])
+def test_layout_shards_equal_single_device(bits, n):
+  # Each device holds its rows in the kernel layout (ceil(K/8) bytes a
+  # code, tail columns for 20 and 48 bits) and the cpu kernel reads them in
+  # place; ties straddle the shard borders.
+  rng = np.random.default_rng(bits + n)
+  q = np.asarray(retrieval.pack_codes(random_codes(rng, 13, bits, distinct=3)))
+  db = np.asarray(retrieval.pack_codes(random_codes(rng, n, bits, distinct=5)))
+  sdb = sharded.assemble_database(db, layout_bits=bits)
+  assert sdb.array is None and sdb.bytes_per_code == -(-bits // 8)
+  assert sdb.bytes_per_device == -(-sdb.rows_per_shard // 16) * 16 * (
+      -(-bits // 8))
+  for k in sorted({1, min(7, n), n}):
+    d, i = sharded.sharded_topk(q, sdb, k)
+    rd, ri = np_topk(q, db, k)
+    np.testing.assert_array_equal(np.asarray(d), rd)
+    np.testing.assert_array_equal(np.asarray(i), ri)
+  with pytest.raises(ValueError, match="cpu backend"):
+    sharded.sharded_topk(q, sdb, 1, backend="reference")
+  ids = rng.permutation(10 * n)[:n]
+  plain = retrieval.HammingIndex(bits)
+  plain.add(db, ids=ids)
+  index = retrieval.ShardedHammingIndex.from_index(plain)
+  assert index.db.layout is not None
+  for k in sorted({1, n}):
+    a, b = plain.search(q, k), index.search(q, k)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])

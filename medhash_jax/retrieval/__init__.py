@@ -7,11 +7,14 @@ Public API (other tools call it; keep it stable):
       -> (distances int32 (Q, k), indices int32 (Q, k)), sorted by (d, index)
   hamming_histogram(query_packed, db_packed) -> int32 (Q, 32W + 1)
   hamming_distances(query_packed, db_packed) -> int32 (Q, N)
-  HammingIndex(num_bits): add / search / range_search / save / load / faiss
+  HammingIndex(num_bits): add / search / range_search / save / load(path,
+      mmap=False) / verify / to_faiss / from_faiss; codes kept in the
+      kernel layout (layout.py), ceil(K/8) bytes a code, searched in place
   sharded_topk(query_packed, db_sharded, k, *, num_valid, mesh)
       -> the same answer as hamming_topk, database split over devices
-  assemble_database(local_packed, mesh) -> ShardedDatabase from every
-      process's part (multi-process); ShardedHammingIndex wraps it
+  assemble_database(local_packed, mesh, layout_bits=None) -> ShardedDatabase
+      from every process's part (multi-process; rows, or the kernel layout);
+      ShardedHammingIndex wraps it
 """
 
 from medhash_jax.retrieval.index import HammingIndex

@@ -12,9 +12,19 @@ source, the jaxlib version and the flags, and written atomically. When that
 fails too, `available()` is False and one warning is logged; the dispatcher
 then falls back to the reference backend.
 
-Run-time knobs (environment, read on every call): MEDHASH_NUM_THREADS (threads
-over queries; default: CPUs this process may use), MEDHASH_ISA=scalar|avx2|
-avx512 (lower the SIMD level, for tests), MEDHASH_TOPK_METHOD=buffer|twopass.
+Two ways in:
+  * FFI targets over packed uint32 rows (`hamming_topk_cpu`, jit-compatible):
+    the kernel builds its block layout per call, a copy of the database;
+  * plain C functions over a prebuilt layout (`layout_topk`,
+    `layout_histogram`, called through ctypes, which releases the GIL): the
+    database is read in place, in memory or memory-mapped. HammingIndex uses
+    these (see layout.py for the layout).
+
+Run-time knobs (environment, read on every call): MEDHASH_NUM_THREADS
+(default: CPUs this process may use), MEDHASH_ISA=scalar|avx2|avx512 (lower
+the SIMD level, for tests), MEDHASH_TOPK_METHOD=buffer|twopass,
+MEDHASH_DB_PARTS=n (split the database into n parts whatever Q, for tests;
+by default only a few queries split it).
 """
 
 import ctypes
@@ -39,6 +49,7 @@ _SOURCE = os.path.join(_HERE, "csrc", "hamming_topk.cc")
 _EXT_NAME = "_hamming_cpu"
 _TOPK_TARGET = "medhash_hamming_topk"
 _HISTOGRAM_TARGET = "medhash_hamming_histogram"
+_TOPK_LAYOUT_TARGET = "medhash_hamming_topk_layout"
 # Same flags as setup.py (no -march: the kernel dispatches on CPU features).
 _CXX_FLAGS = ("-O3", "-std=c++17", "-fvisibility=hidden", "-shared", "-fPIC")
 _ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
@@ -122,6 +133,8 @@ def _load():
         continue
       lib = ctypes.CDLL(path)
       for symbol in ("MedhashHammingTopk", "MedhashHammingHistogram",
+                     "MedhashHammingTopkLayout", "MedhashLayoutTopk",
+                     "MedhashLayoutHistogram", "MedhashStreamRead",
                      "MedhashHammingIsa", "MedhashHammingNumThreads"):
         getattr(lib, symbol)
       break
@@ -137,6 +150,18 @@ def _load():
   jax.ffi.register_ffi_target(
       _HISTOGRAM_TARGET, jax.ffi.pycapsule(lib.MedhashHammingHistogram),
       platform="cpu")
+  jax.ffi.register_ffi_target(
+      _TOPK_LAYOUT_TARGET, jax.ffi.pycapsule(lib.MedhashHammingTopkLayout),
+      platform="cpu")
+  ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+  lib.MedhashLayoutTopk.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr,
+                                    ctypes.c_char_p, i64]
+  lib.MedhashLayoutTopk.restype = ctypes.c_int
+  lib.MedhashLayoutHistogram.argtypes = [ptr, i64, i64, ptr, i64, ptr,
+                                         ctypes.c_char_p, i64]
+  lib.MedhashLayoutHistogram.restype = ctypes.c_int
+  lib.MedhashStreamRead.argtypes = [ptr, i64, ctypes.c_int]
+  lib.MedhashStreamRead.restype = ctypes.c_uint64
   lib.MedhashHammingIsa.restype = ctypes.c_int
   lib.MedhashHammingNumThreads.restype = ctypes.c_int
   return lib
@@ -235,3 +260,86 @@ def hamming_histogram_cpu(query_packed, db_packed):
   out = jax.ShapeDtypeStruct((q.shape[0], 32 * q.shape[1] + 1), jnp.int32)
   call = jax.ffi.ffi_call(_HISTOGRAM_TARGET, out, vmap_method="sequential")
   return call(q, db)
+
+
+# -- over a prebuilt layout (no copy of the database) -------------------------
+
+
+def _check_layout_args(layout, n, bytes_per, queries):
+  if not isinstance(layout, np.ndarray) or layout.dtype != np.uint8 or \
+      layout.ndim != 1 or not layout.flags.c_contiguous:
+    raise ValueError("layout must be a contiguous 1-D uint8 numpy array")
+  need = -(-int(n) // 16) * 16 * int(bytes_per)
+  if layout.shape[0] < need:
+    raise ValueError(f"layout has {layout.shape[0]} bytes; {n} codes of "
+                     f"{bytes_per} bytes need {need}")
+  q = np.ascontiguousarray(queries, dtype=np.uint32)
+  words = -(-int(bytes_per) // 4)
+  if q.ndim != 2 or q.shape[1] != words:
+    raise ValueError(f"queries must be uint32 (Q, {words}), got {q.shape}")
+  return q
+
+
+def _ptr(a: np.ndarray):
+  return a.ctypes.data if a.size else None
+
+
+def layout_topk(layout: np.ndarray, n: int, bytes_per: int, queries, k: int):
+  """Exact top-k over a database in the kernel layout, read in place.
+
+  Args:
+    layout: uint8 numpy array (layout.py's format), e.g. `LayoutStore.layout`
+      or a read-only memmap of an index file.
+    n: number of codes in it.
+    bytes_per: bytes per code, ceil(K / 8).
+    queries: uint32 (Q, ceil(bytes_per / 4)) packed queries.
+    k: 1 <= k <= n.
+
+  Returns:
+    numpy (distances int32 (Q, k), indices int32 (Q, k)), sorted by
+    (distance, index).
+  """
+  lib = _require()
+  q = _check_layout_args(layout, n, bytes_per, queries)
+  d = np.empty((q.shape[0], int(k)), np.int32)
+  i = np.empty_like(d)
+  err = ctypes.create_string_buffer(512)
+  if lib.MedhashLayoutTopk(_ptr(layout), int(n), int(bytes_per), _ptr(q),
+                           q.shape[0], int(k), _ptr(d), _ptr(i), err, 512):
+    raise ValueError(err.value.decode())
+  return d, i
+
+
+def layout_histogram(layout: np.ndarray, n: int, bytes_per: int, queries):
+  """int32 (Q, 32 W + 1) distance counts over a layout (see layout_topk)."""
+  lib = _require()
+  q = _check_layout_args(layout, n, bytes_per, queries)
+  out = np.empty((q.shape[0], 32 * q.shape[1] + 1), np.int32)
+  err = ctypes.create_string_buffer(512)
+  if lib.MedhashLayoutHistogram(_ptr(layout), int(n), int(bytes_per), _ptr(q),
+                                q.shape[0], _ptr(out), err, 512):
+    raise ValueError(err.value.decode())
+  return out
+
+
+def layout_topk_ffi(query_packed, layout, n: int, bytes_per: int, k: int):
+  """`layout_topk` as an XLA FFI call (jit-compatible; the layout is a uint8
+  jax array, e.g. one device's shard of a sharded database)."""
+  _require()
+  q = _as_u32(query_packed, "query_packed")
+  k = int(k)
+  if not 1 <= k <= n:
+    raise ValueError(f"k={k} is out of range: need 1 <= k <= N = {n}")
+  out = jax.ShapeDtypeStruct((q.shape[0], k), jnp.int32)
+  call = jax.ffi.ffi_call(_TOPK_LAYOUT_TARGET, (out, out),
+                          vmap_method="sequential")
+  return call(q, layout, n=np.int64(n), bytes_per_code=np.int64(bytes_per),
+              k=np.int64(k))
+
+
+def stream_read(buf: np.ndarray, threads: int) -> int:
+  """Reads every byte of a contiguous array once on `threads` threads (the
+  memory-bandwidth probe of the serving benchmark); returns their XOR."""
+  lib = _require()
+  flat = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
+  return int(lib.MedhashStreamRead(_ptr(flat), flat.shape[0], int(threads)))

@@ -23,6 +23,12 @@ Two ways to build one:
                                    than its part (multi-process evaluation,
                                    archives larger than one host's memory).
 `ShardedHammingIndex` wraps the second with HammingIndex-like search and ids.
+
+Codes per device come in two forms: uint32 rows (`array`, any backend), or,
+with `assemble_database(..., layout_bits=K)`, the C++ kernel's block layout
+(`layout`, ceil(K / 8) bytes a code, layout.py), which the cpu backend reads
+in place, as HammingIndex does, instead of building it on every search.
+ShardedHammingIndex uses the layout whenever its backend is the cpu kernel.
 """
 
 import dataclasses
@@ -36,6 +42,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from medhash_jax.retrieval import layout as layout_lib
 from medhash_jax.retrieval import packing
 from medhash_jax.retrieval import reference
 from medhash_jax.retrieval import topk
@@ -54,25 +61,39 @@ class ShardedDatabase:
   """A database split over the devices of `mesh` (see the module docstring).
 
   Attributes:
-    array: uint32 (D * S, W) global jax.Array, sharded on `axis`.
+    array: uint32 (D * S, W) global jax.Array, sharded on `axis`; None when
+      the codes are held as `layout`.
     shard_base: int32 (D,) database index of each shard's first row.
     shard_valid: int32 (D,) real rows per shard (the rest is padding).
     num_valid: database size N (real rows over all shards).
+    layout: uint8 (D * L,) global jax.Array, sharded on `axis`: each
+      device's S rows in the kernel layout (layout.py), or None.
+    bytes_per_code: bytes a code takes in `layout` (0 without one).
+    shard_rows: S (set with `layout`).
+    words: W, uint32 words per query.
   """
-  array: jax.Array
+  array: Optional[jax.Array]
   shard_base: np.ndarray
   shard_valid: np.ndarray
   num_valid: int
   mesh: jax.sharding.Mesh
   axis: str = "data"
+  layout: Optional[jax.Array] = None
+  bytes_per_code: int = 0
+  shard_rows: int = 0
+  words: int = 0
 
   @property
   def rows_per_shard(self) -> int:
+    if self.array is None:
+      return self.shard_rows
     return self.array.shape[0] // self.mesh.shape[self.axis]
 
   @property
   def bytes_per_device(self) -> int:
     """Bytes of codes each device holds (padding included)."""
+    if self.array is None:
+      return self.layout.shape[0] // self.mesh.shape[self.axis]
     return self.rows_per_shard * self.array.shape[1] * 4
 
 
@@ -118,7 +139,8 @@ def process_sizes(n_local: int) -> np.ndarray:
 
 
 def assemble_database(local_packed, mesh: Optional[jax.sharding.Mesh] = None,
-                      axis: str = "data") -> ShardedDatabase:
+                      axis: str = "data", *,
+                      layout_bits: Optional[int] = None) -> ShardedDatabase:
   """One global sharded database from every process's part (a collective).
 
   Args:
@@ -127,6 +149,9 @@ def assemble_database(local_packed, mesh: Optional[jax.sharding.Mesh] = None,
       offset_p .. offset_p + n_p - 1, offset_p = n_0 + ... + n_{p-1}.
     mesh: 1-D mesh over the devices to use (default: all, all processes).
     axis: its axis name.
+    layout_bits: K; when given, each device holds its rows in the kernel
+      layout (ceil(K / 8) bytes a code) instead of uint32 rows, searched in
+      place by the cpu backend (the only backend that reads it).
 
   Returns:
     A ShardedDatabase; search it with `sharded_topk` for the same answer as
@@ -140,6 +165,12 @@ def assemble_database(local_packed, mesh: Optional[jax.sharding.Mesh] = None,
   words = local_packed.shape[1]
   if words == 0:
     raise ValueError("local_packed has zero words")
+  bytes_per = 0
+  if layout_bits is not None:
+    if packing.num_words(layout_bits) != words:
+      raise ValueError(f"layout_bits={layout_bits} does not fit {words} words "
+                       "per code")
+    bytes_per = layout_lib.bytes_per_code(layout_bits)
   devices = _mesh_devices(mesh, axis)
   sizes = process_sizes(local_packed.shape[0])
   words_all = process_sizes(words)
@@ -176,25 +207,42 @@ def assemble_database(local_packed, mesh: Optional[jax.sharding.Mesh] = None,
       chunk = local_packed[j * rows: j * rows + valid[d]]
       if chunk.shape[0] < rows:
         chunk = np.pad(chunk, ((0, rows - chunk.shape[0]), (0, 0)))
+      if bytes_per:
+        chunk = layout_lib.rows_to_layout(
+            layout_lib.packed_to_rows(chunk, bytes_per))
       local_arrays.append(jax.device_put(chunk, dev))
   # Padding shards of processes with no rows keep a base past their part's
   # start; clip so the bases stay in database order (they hold no real rows).
   base = np.minimum(base, total)
+  common = dict(shard_base=base.astype(np.int32),
+                shard_valid=valid.astype(np.int32), num_valid=total, mesh=mesh,
+                axis=axis, words=words)
+  if bytes_per:
+    per_device = layout_lib.layout_nbytes(rows, bytes_per)
+    lay = jax.make_array_from_single_device_arrays(
+        (per_device * len(devices),), NamedSharding(mesh, P(axis)),
+        local_arrays)
+    return ShardedDatabase(array=None, layout=lay, bytes_per_code=bytes_per,
+                           shard_rows=rows, **common)
   array = jax.make_array_from_single_device_arrays(
       (rows * len(devices), words), NamedSharding(mesh, P(axis)), local_arrays)
-  return ShardedDatabase(array=array, shard_base=base.astype(np.int32),
-                         shard_valid=valid.astype(np.int32), num_valid=total,
-                         mesh=mesh, axis=axis)
+  return ShardedDatabase(array=array, **common)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "local_k", "mesh", "axis",
-                                             "backend"))
+                                             "backend", "shard_rows",
+                                             "bytes_per"))
 def _sharded_topk(query_packed, db_sharded, shard_base, shard_valid, *, k,
-                  local_k, mesh, axis, backend):
+                  local_k, mesh, axis, backend, shard_rows=0, bytes_per=0):
   devices = mesh.shape[axis]
 
   def local(q, db_shard, base, valid):
-    dist, idx = topk.hamming_topk(q, db_shard, local_k, backend=backend)
+    if bytes_per:  # the shard is in the kernel layout: read in place
+      from medhash_jax.retrieval import cpu_kernel  # pylint: disable=g-import-not-at-top
+      dist, idx = cpu_kernel.layout_topk_ffi(q, db_shard, shard_rows,
+                                             bytes_per, local_k)
+    else:
+      dist, idx = topk.hamming_topk(q, db_shard, local_k, backend=backend)
     real = idx < valid[0]
     # Padding sorts after every real item, so it never enters the top k.
     dist = jnp.where(real, dist, _INT32_MAX)
@@ -272,13 +320,26 @@ def sharded_topk(query_packed, db_sharded, k: int, *, num_valid=None,
     db = ShardedDatabase(array=db_sharded, shard_base=base, shard_valid=valid,
                          num_valid=num_valid, mesh=mesh, axis=axis)
   query = _replicated_queries(query_packed, db.mesh)
-  packing.check_query_db(query, db.array)
+  backend = topk.resolve_backend(backend)
+  if db.layout is not None:
+    packing.check_packed(query, "query_packed")
+    if query.shape[1] != db.words:
+      raise ValueError(f"query_packed {tuple(query.shape)} does not match the "
+                       f"database's {db.words} words per code")
+    if backend != "cpu":
+      raise ValueError("a database held in the kernel layout is searched by "
+                       f"the cpu backend, not {backend!r}; assemble it "
+                       "without layout_bits for other backends")
+  else:
+    packing.check_query_db(query, db.array)
   k = packing.check_k(k, db.num_valid)
   shard = db.rows_per_shard
   max_pad = int(shard - db.shard_valid.min())
-  return _sharded_topk(query, db.array, db.shard_base, db.shard_valid, k=k,
+  codes = db.array if db.layout is None else db.layout
+  return _sharded_topk(query, codes, db.shard_base, db.shard_valid, k=k,
                        local_k=min(k + max_pad, shard), mesh=db.mesh,
-                       axis=db.axis, backend=topk.resolve_backend(backend))
+                       axis=db.axis, backend=backend, shard_rows=shard,
+                       bytes_per=db.bytes_per_code)
 
 
 class ShardedHammingIndex:
@@ -315,7 +376,14 @@ class ShardedHammingIndex:
   def _init(self, local, mesh, axis, backend):
     self.num_bits = local.num_bits
     self.backend = backend
-    self.db = assemble_database(local.packed, mesh, axis)
+    mesh = database_mesh(axis) if mesh is None else mesh
+    # The cpu kernel reads each shard in the kernel layout in place (as
+    # HammingIndex does); other backends need uint32 rows.
+    on_cpu = all(d.platform == "cpu" for d in _mesh_devices(mesh, axis))
+    use_layout = on_cpu and topk.resolve_backend(backend) == "cpu"
+    self.db = assemble_database(
+        local.packed, mesh, axis,
+        layout_bits=self.num_bits if use_layout else None)
     sizes = process_sizes(len(local))
     self._lo = int(sizes[:jax.process_index()].sum())
     self._n_local = len(local)
@@ -345,7 +413,7 @@ class ShardedHammingIndex:
       packing.check_real_codes(queries, "queries")
       queries = packing.pack_codes(queries)
     q = np.asarray(queries)
-    if q.ndim != 2 or q.shape[1] != self.db.array.shape[1]:
+    if q.ndim != 2 or q.shape[1] != self.db.words:
       raise ValueError(f"queries {q.dtype}{q.shape} do not match the index's "
                        f"{self.num_bits}-bit codes")
     dist, pos = sharded_topk(q, self.db, k, backend=self.backend)

@@ -1,15 +1,24 @@
-// Exact Hamming top-k and distance histograms on the CPU, as XLA FFI targets.
+// Exact Hamming top-k and distance histograms on the CPU.
 //
-// Two handlers are exported (see medhash_jax/retrieval/cpu_kernel.py):
-//   MedhashHammingTopk:      uint32 (Q, W), uint32 (N, W), attr k
-//                            -> int32 distances (Q, k), int32 indices (Q, k),
-//                            each row sorted by (distance, database index).
-//   MedhashHammingHistogram: uint32 (Q, W), uint32 (N, W)
-//                            -> int32 (Q, 32 W + 1), counts per distance.
+// Entry points (see medhash_jax/retrieval/cpu_kernel.py):
+//   XLA FFI targets (jit-compatible):
+//   MedhashHammingTopk:       uint32 (Q, W), uint32 (N, W), attr k
+//                             -> int32 distances (Q, k), int32 indices (Q, k),
+//                             each row sorted by (distance, database index).
+//   MedhashHammingHistogram:  uint32 (Q, W), uint32 (N, W)
+//                             -> int32 (Q, 32 W + 1), counts per distance.
+//   MedhashHammingTopkLayout: uint32 (Q, W), uint8 layout, attrs n,
+//                             bytes_per_code, k -> as MedhashHammingTopk.
+//   Plain C (ctypes; HammingIndex): MedhashLayoutTopk, MedhashLayoutHistogram
+//   over a prebuilt layout, and MedhashStreamRead (a read-bandwidth probe).
 //
 // How the top-k works (never sorts N):
-//   * The database is transposed once per call into blocks of 16 codes,
-//     word-major ("SoA"), so that one SIMD register holds word w of 16 codes.
+//   * The database is read in a block layout (DbLayout below): blocks of 16
+//     codes, word-major, so that one SIMD register holds word w of 16 codes;
+//     narrow tail columns keep a code at ceil(K / 8) bytes. HammingIndex
+//     keeps its database in this layout (built once, at add) and the layout
+//     entry points read it in place, in memory or memory-mapped; the targets
+//     that take uint32 rows transpose them into it once per call.
 //   * Queries are processed in register blocks of QB against each 16-code
 //     block (the database words are loaded once for QB queries), and groups
 //     of queries sweep the database tile by tile so that a tile stays in L2.
@@ -32,10 +41,14 @@
 //     variant is used instead: a distance histogram gives d_k, and a second
 //     distance pass scatters the winners straight into the output by
 //     counting-sort offsets. MEDHASH_TOPK_METHOD=buffer|twopass forces one.
-//   * Threads over groups of queries (MEDHASH_NUM_THREADS, default: the CPUs
-//     this process may run on), handed out dynamically.
-//   * Memory: one SoA copy of the database per call (N * W * 4 bytes) plus
-//     O(k) per query in flight.
+//   * Threads (MEDHASH_NUM_THREADS, default: the CPUs this process may run
+//     on), work handed out dynamically: over groups of queries when there
+//     are many; over parts of the database when there are few (Q < 32 x
+//     threads), each part's top-k then merged exactly by (distance, index)
+//     (MEDHASH_DB_PARTS forces a number of parts).
+//   * Memory: O(k) per query in flight (O(parts x k) for the database split);
+//     plus, for the row-taking targets only, the per-call layout copy
+//     (N * W * 4 bytes).
 
 #include <algorithm>
 #include <atomic>
@@ -70,6 +83,10 @@
 #pragma GCC diagnostic pop
 
 namespace ffi = xla::ffi;
+
+// GCC 12's AVX-512 zero-extension intrinsics (_mm512_cvtepu8/16_epi32) use
+// _mm512_undefined_epi32() as a masked-off pass-through and warn about it.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace medhash {
 namespace {
@@ -171,8 +188,29 @@ class AlignedU32 {
   uint32_t* p_;
 };
 
-// Word w of code b * 16 + l lives at soa[(b * W + w) * 16 + l]; padding codes
-// in the last block are zero (their lanes are masked out).
+// The database layout every kernel reads ("kernel layout"): blocks of 16
+// codes of B = ceil(K / 8) bytes, 16 * B bytes per block. With F = B / 4 full
+// 32-bit words and t = B % 4 tail bytes, block b holds, in order:
+//   F columns of 16 uint32 (word j of lane l at byte 64 j + 4 l),
+//   when t >= 2, one column of 16 uint16 (bytes 4F, 4F + 1 of each code),
+//   when t is odd, one column of 16 uint8 (byte 4F + t - 1 of each code).
+// A code's tail word is then u16 | u8 << 16, its value in the packed uint32
+// row. Padding lanes of the last block are zero (they are masked out anyway).
+// HammingIndex builds this layout once (medhash_jax/retrieval/layout.py) and
+// keeps it, in memory or memory-mapped from its file; the FFI targets that
+// take packed uint32 rows build it per call with ToSoa (t = 0).
+struct DbLayout {
+  const uint8_t* base = nullptr;
+  int w = 0;           // words per query: F + (t > 0)
+  int t = 0;           // tail bytes
+  int64_t stride = 0;  // bytes per block: 16 * B
+};
+
+inline int64_t BlockBytes(int w, int t) {
+  return kLanes * (t ? 4 * (w - 1) + t : 4 * w);
+}
+
+// Packed uint32 rows (W words) -> blocks [b0, b1) of the t = 0 layout.
 void ToSoa(const uint32_t* db, int64_t n, int w, int64_t b0, int64_t b1,
            uint32_t* soa) {
   for (int64_t b = b0; b < b1; ++b) {
@@ -187,6 +225,22 @@ void ToSoa(const uint32_t* db, int64_t n, int w, int64_t b0, int64_t b1,
       }
     }
   }
+}
+
+// Word j of lane l of the block at p (scalar path; any t).
+inline uint32_t LaneWord(const uint8_t* p, int j, int w, int t, int l) {
+  const uint8_t* c = p + 64 * j;
+  uint32_t v;
+  if (j < w - 1 || t == 0) {
+    std::memcpy(&v, c + 4 * l, 4);
+    return v;
+  }
+  if (t == 1) return c[l];
+  uint16_t h;
+  std::memcpy(&h, c + 2 * l, 2);
+  v = h;
+  if (t == 3) v |= static_cast<uint32_t>(c[32 + l]) << 16;
+  return v;
 }
 
 // ---------------------------------------------------------------------------
@@ -304,10 +358,10 @@ class Selector {
 // The hit path is inlined and free of calls except the rare Refine(): an
 // out-of-line call from a SIMD loop costs a vzeroupper plus a spill and
 // reload of every live vector register.
-using ScanFn = void (*)(const uint32_t* soa, int w, int64_t b0, int64_t b1,
+using ScanFn = void (*)(const DbLayout& db, int64_t b0, int64_t b1,
                         int64_t last, uint32_t tail, int64_t dense_end,
                         const uint32_t* q, Selector* st, int nq);
-using DistFn = void (*)(const uint32_t* soa, int w, int64_t b0, int64_t b1,
+using DistFn = void (*)(const DbLayout& db, int64_t b0, int64_t b1,
                         const uint32_t* q, uint32_t* out);
 
 // ---------------------------------------------------------------------------
@@ -321,13 +375,13 @@ inline uint32_t Popcount32(uint32_t x) {
 }
 
 template <int WT>
-inline void DistBlockScalar(const uint32_t* p, int w, const uint32_t* q,
+inline void DistBlockScalar(const uint8_t* p, int w, int t, const uint32_t* q,
                             uint32_t* d16) {
   const int W = WT > 0 ? WT : w;
   for (int l = 0; l < kLanes; ++l) d16[l] = 0;
   for (int j = 0; j < W; ++j) {
     for (int l = 0; l < kLanes; ++l) {
-      d16[l] += Popcount32(p[j * kLanes + l] ^ q[j]);
+      d16[l] += Popcount32(LaneWord(p, j, W, t, l) ^ q[j]);
     }
   }
 }
@@ -346,17 +400,17 @@ inline void AppendLanes(Selector& s, const uint32_t* d16, uint32_t mask,
 }
 
 template <int WT>
-void ScanScalar(const uint32_t* soa, int w, int64_t b0, int64_t b1,
-                int64_t last, uint32_t tail, int64_t /*dense_end*/,
-                const uint32_t* q, Selector* st, int nq) {
-  const int W = WT > 0 ? WT : w;
+void ScanScalar(const DbLayout& db, int64_t b0, int64_t b1, int64_t last,
+                uint32_t tail, int64_t /*dense_end*/, const uint32_t* q,
+                Selector* st, int nq) {
+  const int W = WT > 0 ? WT : db.w;
   uint32_t d16[kLanes];
   for (int j = 0; j < nq; ++j) {
     const uint32_t* qj = q + j * W;
     Selector& s = st[j];
-    const uint32_t* p = soa + b0 * W * kLanes;
-    for (int64_t b = b0; b < b1; ++b, p += W * kLanes) {
-      DistBlockScalar<WT>(p, W, qj, d16);
+    const uint8_t* p = db.base + b0 * db.stride;
+    for (int64_t b = b0; b < b1; ++b, p += db.stride) {
+      DistBlockScalar<WT>(p, W, db.t, qj, d16);
       uint32_t mask = 0;
       for (int l = 0; l < kLanes; ++l) mask |= uint32_t(d16[l] < s.bound) << l;
       if (b == last) mask &= tail;
@@ -366,12 +420,12 @@ void ScanScalar(const uint32_t* soa, int w, int64_t b0, int64_t b1,
 }
 
 template <int WT>
-void DistScalar(const uint32_t* soa, int w, int64_t b0, int64_t b1,
-                const uint32_t* q, uint32_t* out) {
-  const int W = WT > 0 ? WT : w;
-  const uint32_t* p = soa + b0 * W * kLanes;
-  for (int64_t b = b0; b < b1; ++b, p += W * kLanes, out += kLanes) {
-    DistBlockScalar<WT>(p, W, q, out);
+void DistScalar(const DbLayout& db, int64_t b0, int64_t b1, const uint32_t* q,
+                uint32_t* out) {
+  const int W = WT > 0 ? WT : db.w;
+  const uint8_t* p = db.base + b0 * db.stride;
+  for (int64_t b = b0; b < b1; ++b, p += db.stride, out += kLanes) {
+    DistBlockScalar<WT>(p, W, db.t, q, out);
   }
 }
 
@@ -384,6 +438,30 @@ void DistScalar(const uint32_t* soa, int w, int64_t b0, int64_t b1,
 
 // Query rows per register block.
 constexpr int QbAvx512(int w) { return w <= 2 ? 8 : (w <= 4 ? 4 : 2); }
+
+// The tail word (t = 1..3 bytes) of 16 codes from its narrow columns at c.
+MEDHASH_AVX512 inline __m512i Tail512(const uint8_t* c, int t) {
+  if (t == 1) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128(
+        reinterpret_cast<const __m128i*>(c)));
+  }
+  __m512i v = _mm512_cvtepu16_epi32(
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)));
+  if (t == 3) {
+    v = _mm512_or_si512(
+        v, _mm512_slli_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                 reinterpret_cast<const __m128i*>(c + 32))),
+                             16));
+  }
+  return v;
+}
+
+// Word j of the 16 codes of the block at p.
+MEDHASH_AVX512 inline __m512i Col512(const uint8_t* p, int j, int w, int t) {
+  const uint8_t* c = p + 64 * j;
+  if (j < w - 1 || t == 0) return _mm512_loadu_si512(c);
+  return Tail512(c, t);
+}
 
 // Appends the lanes of m (distances d, indices b*16 + lane) with vpcompressd.
 MEDHASH_AVX512 inline void HitAvx512(Selector& s, __m512i d, uint32_t m,
@@ -398,15 +476,21 @@ MEDHASH_AVX512 inline void HitAvx512(Selector& s, __m512i d, uint32_t m,
   if (s.pos >= s.limit) *bv = _mm512_set1_epi32(s.Refine());
 }
 
-template <int W, int QB, bool kDense>
+// kTail: the last word is a narrow tail column (t = db.t > 0); a template
+// flag so that the common t = 0 case has no test in the loop.
+template <int W, int QB, bool kDense, bool kTail>
 MEDHASH_AVX512 __attribute__((always_inline)) inline void SweepAvx512(
-    const uint32_t* soa, int64_t b0, int64_t b1, int64_t last, uint32_t tail,
+    const DbLayout& db, int64_t b0, int64_t b1, int64_t last, uint32_t tail,
     const __m512i (&qv)[QB][W], __m512i (&bv)[QB], Selector* st) {
-  const uint32_t* p = soa + b0 * W * kLanes;
-  for (int64_t b = b0; b < b1; ++b, p += W * kLanes) {
+  const uint8_t* p = db.base + b0 * db.stride;
+  const int64_t stride = db.stride;
+  for (int64_t b = b0; b < b1; ++b, p += stride) {
     __m512i x[W];
 #pragma GCC unroll 16
-    for (int k = 0; k < W; ++k) x[k] = _mm512_load_si512(p + k * kLanes);
+    for (int k = 0; k < W; ++k) {
+      x[k] = (kTail && k == W - 1) ? Tail512(p + 64 * k, db.t)
+                                   : _mm512_loadu_si512(p + 64 * k);
+    }
 #pragma GCC unroll 16
     for (int j = 0; j < QB; ++j) {
       __m512i d = _mm512_popcnt_epi32(_mm512_xor_si512(x[0], qv[j][0]));
@@ -424,8 +508,8 @@ MEDHASH_AVX512 __attribute__((always_inline)) inline void SweepAvx512(
   }
 }
 
-template <int W, int QB>
-MEDHASH_AVX512 void ScanBlockAvx512(const uint32_t* soa, int64_t b0,
+template <int W, int QB, bool kTail>
+MEDHASH_AVX512 void ScanBlockAvx512(const DbLayout& db, int64_t b0,
                                     int64_t b1, int64_t last, uint32_t tail,
                                     int64_t dense_end, const uint32_t* q,
                                     Selector* st) {
@@ -438,24 +522,27 @@ MEDHASH_AVX512 void ScanBlockAvx512(const uint32_t* soa, int64_t b0,
     bv[j] = _mm512_set1_epi32(st[j].bound);
   }
   const int64_t mid = std::min(std::max(dense_end, b0), b1);
-  if (mid > b0) SweepAvx512<W, QB, true>(soa, b0, mid, last, tail, qv, bv, st);
-  SweepAvx512<W, QB, false>(soa, mid, b1, last, tail, qv, bv, st);
+  if (mid > b0) {
+    SweepAvx512<W, QB, true, kTail>(db, b0, mid, last, tail, qv, bv, st);
+  }
+  SweepAvx512<W, QB, false, kTail>(db, mid, b1, last, tail, qv, bv, st);
 }
 
 // Any W, one query at a time.
-MEDHASH_AVX512 void ScanAnyAvx512(const uint32_t* soa, int w, int64_t b0,
-                                  int64_t b1, int64_t last, uint32_t tail,
+MEDHASH_AVX512 void ScanAnyAvx512(const DbLayout& db, int64_t b0, int64_t b1,
+                                  int64_t last, uint32_t tail,
                                   int64_t dense_end, const uint32_t* q,
                                   Selector* st, int nq) {
+  const int w = db.w, t = db.t;
   for (int j = 0; j < nq; ++j) {
     const uint32_t* qj = q + j * w;
     __m512i bv = _mm512_set1_epi32(st[j].bound);
-    const uint32_t* p = soa + b0 * w * kLanes;
-    for (int64_t b = b0; b < b1; ++b, p += w * kLanes) {
+    const uint8_t* p = db.base + b0 * db.stride;
+    for (int64_t b = b0; b < b1; ++b, p += db.stride) {
       __m512i d = _mm512_setzero_si512();
       for (int k = 0; k < w; ++k) {
         d = _mm512_add_epi32(d, _mm512_popcnt_epi32(_mm512_xor_si512(
-                                    _mm512_load_si512(p + k * kLanes),
+                                    Col512(p, k, w, t),
                                     _mm512_set1_epi32(qj[k]))));
       }
       uint32_t m = _mm512_cmplt_epu32_mask(d, bv);
@@ -467,30 +554,42 @@ MEDHASH_AVX512 void ScanAnyAvx512(const uint32_t* soa, int w, int64_t b0,
   }
 }
 
-template <int W>
-void ScanAvx512(const uint32_t* soa, int /*w*/, int64_t b0, int64_t b1,
-                int64_t last, uint32_t tail, int64_t dense_end,
-                const uint32_t* q, Selector* st, int nq) {
+template <int W, bool kTail>
+void ScanAvx512Impl(const DbLayout& db, int64_t b0, int64_t b1, int64_t last,
+                    uint32_t tail, int64_t dense_end, const uint32_t* q,
+                    Selector* st, int nq) {
   constexpr int QB = QbAvx512(W);
   int j = 0;
   for (; j + QB <= nq; j += QB) {
-    ScanBlockAvx512<W, QB>(soa, b0, b1, last, tail, dense_end, q + j * W,
-                           st + j);
+    ScanBlockAvx512<W, QB, kTail>(db, b0, b1, last, tail, dense_end,
+                                  q + j * W, st + j);
   }
   for (; j < nq; ++j) {
-    ScanBlockAvx512<W, 1>(soa, b0, b1, last, tail, dense_end, q + j * W,
-                          st + j);
+    ScanBlockAvx512<W, 1, kTail>(db, b0, b1, last, tail, dense_end, q + j * W,
+                                 st + j);
   }
 }
 
-MEDHASH_AVX512 void DistAvx512(const uint32_t* soa, int w, int64_t b0,
-                               int64_t b1, const uint32_t* q, uint32_t* out) {
-  const uint32_t* p = soa + b0 * w * kLanes;
-  for (int64_t b = b0; b < b1; ++b, p += w * kLanes, out += kLanes) {
+template <int W>
+void ScanAvx512(const DbLayout& db, int64_t b0, int64_t b1, int64_t last,
+                uint32_t tail, int64_t dense_end, const uint32_t* q,
+                Selector* st, int nq) {
+  if (db.t) {
+    ScanAvx512Impl<W, true>(db, b0, b1, last, tail, dense_end, q, st, nq);
+  } else {
+    ScanAvx512Impl<W, false>(db, b0, b1, last, tail, dense_end, q, st, nq);
+  }
+}
+
+MEDHASH_AVX512 void DistAvx512(const DbLayout& db, int64_t b0, int64_t b1,
+                               const uint32_t* q, uint32_t* out) {
+  const int w = db.w, t = db.t;
+  const uint8_t* p = db.base + b0 * db.stride;
+  for (int64_t b = b0; b < b1; ++b, p += db.stride, out += kLanes) {
     __m512i d = _mm512_setzero_si512();
     for (int k = 0; k < w; ++k) {
       d = _mm512_add_epi32(d, _mm512_popcnt_epi32(_mm512_xor_si512(
-                                  _mm512_load_si512(p + k * kLanes),
+                                  Col512(p, k, w, t),
                                   _mm512_set1_epi32(q[k]))));
     }
     _mm512_storeu_si512(out, d);
@@ -545,28 +644,60 @@ MEDHASH_AVX2 inline __m256i BytesTo32(__m256i acc, const Avx2Consts& c) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(acc, c.ones8), c.ones16);
 }
 
+// Word j of lanes 0-7 (*lo) and 8-15 (*hi) of the block at p.
+MEDHASH_AVX2 inline void Col256(const uint8_t* p, int j, int w, int t,
+                                __m256i* lo, __m256i* hi) {
+  const uint8_t* c = p + 64 * j;
+  if (j < w - 1 || t == 0) {
+    *lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
+    *hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32));
+    return;
+  }
+  if (t == 1) {
+    *lo = _mm256_cvtepu8_epi32(
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)));
+    *hi = _mm256_cvtepu8_epi32(
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 8)));
+    return;
+  }
+  *lo = _mm256_cvtepu16_epi32(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
+  *hi = _mm256_cvtepu16_epi32(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 16)));
+  if (t == 3) {
+    *lo = _mm256_or_si256(
+        *lo, _mm256_slli_epi32(
+                 _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                     reinterpret_cast<const __m128i*>(c + 32))),
+                 16));
+    *hi = _mm256_or_si256(
+        *hi, _mm256_slli_epi32(
+                 _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                     reinterpret_cast<const __m128i*>(c + 40))),
+                 16));
+  }
+}
+
 // Distances of 16 codes (two 8-lane halves) for W <= 31 words (a byte sum
 // stays <= 8 * 31).
 template <int W>
-MEDHASH_AVX2 inline void DistPairAvx2(const uint32_t* p, const __m256i* qv,
-                                      const Avx2Consts& c, __m256i* d0,
-                                      __m256i* d1) {
+MEDHASH_AVX2 inline void DistPairAvx2(const uint8_t* p, int t,
+                                      const __m256i* qv, const Avx2Consts& c,
+                                      __m256i* d0, __m256i* d1) {
   __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
 #pragma GCC unroll 16
   for (int k = 0; k < W; ++k) {
-    const __m256i* row = reinterpret_cast<const __m256i*>(p + k * kLanes);
-    a0 = _mm256_add_epi8(
-        a0, BytePopcnt(_mm256_xor_si256(_mm256_load_si256(row), qv[k]), c));
-    a1 = _mm256_add_epi8(
-        a1,
-        BytePopcnt(_mm256_xor_si256(_mm256_load_si256(row + 1), qv[k]), c));
+    __m256i r0, r1;
+    Col256(p, k, W, t, &r0, &r1);
+    a0 = _mm256_add_epi8(a0, BytePopcnt(_mm256_xor_si256(r0, qv[k]), c));
+    a1 = _mm256_add_epi8(a1, BytePopcnt(_mm256_xor_si256(r1, qv[k]), c));
   }
   *d0 = BytesTo32(a0, c);
   *d1 = BytesTo32(a1, c);
 }
 
 // Any W: flushes the byte sums to 32-bit lanes every 16 words.
-MEDHASH_AVX2 inline void DistPairAnyAvx2(const uint32_t* p, int w,
+MEDHASH_AVX2 inline void DistPairAnyAvx2(const uint8_t* p, int w, int t,
                                          const uint32_t* q,
                                          const Avx2Consts& c, __m256i* d0,
                                          __m256i* d1) {
@@ -575,12 +706,11 @@ MEDHASH_AVX2 inline void DistPairAnyAvx2(const uint32_t* p, int w,
     const int k1 = std::min(w, k0 + 16);
     __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
     for (int k = k0; k < k1; ++k) {
-      const __m256i* row = reinterpret_cast<const __m256i*>(p + k * kLanes);
+      __m256i r0, r1;
+      Col256(p, k, w, t, &r0, &r1);
       const __m256i qk = _mm256_set1_epi32(static_cast<int>(q[k]));
-      a0 = _mm256_add_epi8(
-          a0, BytePopcnt(_mm256_xor_si256(_mm256_load_si256(row), qk), c));
-      a1 = _mm256_add_epi8(
-          a1, BytePopcnt(_mm256_xor_si256(_mm256_load_si256(row + 1), qk), c));
+      a0 = _mm256_add_epi8(a0, BytePopcnt(_mm256_xor_si256(r0, qk), c));
+      a1 = _mm256_add_epi8(a1, BytePopcnt(_mm256_xor_si256(r1, qk), c));
     }
     s0 = _mm256_add_epi32(s0, BytesTo32(a0, c));
     s1 = _mm256_add_epi32(s1, BytesTo32(a1, c));
@@ -631,15 +761,16 @@ MEDHASH_AVX2 inline void HitAvx2(Selector& s, __m256i d0, __m256i d1,
 
 template <int W, int QB, bool kDense>
 MEDHASH_AVX2 __attribute__((always_inline)) inline void SweepAvx2(
-    const uint32_t* soa, int64_t b0, int64_t b1, int64_t last, uint32_t tail,
+    const DbLayout& db, int64_t b0, int64_t b1, int64_t last, uint32_t tail,
     const Avx2Consts& c, const __m256i (&qv)[QB][W], __m256i (&bv)[QB],
     Selector* st) {
-  const uint32_t* p = soa + b0 * W * kLanes;
-  for (int64_t b = b0; b < b1; ++b, p += W * kLanes) {
+  const uint8_t* p = db.base + b0 * db.stride;
+  const int t = db.t;
+  for (int64_t b = b0; b < b1; ++b, p += db.stride) {
 #pragma GCC unroll 16
     for (int j = 0; j < QB; ++j) {
       __m256i d0, d1;
-      DistPairAvx2<W>(p, qv[j], c, &d0, &d1);
+      DistPairAvx2<W>(p, t, qv[j], c, &d0, &d1);
       if (kDense || __builtin_expect(AnyBelow(d0, d1, bv[j]), 0)) {
         HitAvx2(st[j], d0, d1, b, last, tail, &bv[j]);
       }
@@ -648,7 +779,7 @@ MEDHASH_AVX2 __attribute__((always_inline)) inline void SweepAvx2(
 }
 
 template <int W, int QB>
-MEDHASH_AVX2 void ScanBlockAvx2(const uint32_t* soa, int64_t b0, int64_t b1,
+MEDHASH_AVX2 void ScanBlockAvx2(const DbLayout& db, int64_t b0, int64_t b1,
                                 int64_t last, uint32_t tail, int64_t dense_end,
                                 const uint32_t* q, Selector* st) {
   const Avx2Consts c = MakeAvx2Consts();
@@ -664,23 +795,23 @@ MEDHASH_AVX2 void ScanBlockAvx2(const uint32_t* soa, int64_t b0, int64_t b1,
   }
   const int64_t mid = std::min(std::max(dense_end, b0), b1);
   if (mid > b0) {
-    SweepAvx2<W, QB, true>(soa, b0, mid, last, tail, c, qv, bv, st);
+    SweepAvx2<W, QB, true>(db, b0, mid, last, tail, c, qv, bv, st);
   }
-  SweepAvx2<W, QB, false>(soa, mid, b1, last, tail, c, qv, bv, st);
+  SweepAvx2<W, QB, false>(db, mid, b1, last, tail, c, qv, bv, st);
 }
 
-MEDHASH_AVX2 void ScanAnyAvx2(const uint32_t* soa, int w, int64_t b0,
-                              int64_t b1, int64_t last, uint32_t tail,
-                              int64_t dense_end, const uint32_t* q,
-                              Selector* st, int nq) {
+MEDHASH_AVX2 void ScanAnyAvx2(const DbLayout& db, int64_t b0, int64_t b1,
+                              int64_t last, uint32_t tail, int64_t dense_end,
+                              const uint32_t* q, Selector* st, int nq) {
   const Avx2Consts c = MakeAvx2Consts();
+  const int w = db.w;
   for (int j = 0; j < nq; ++j) {
     const uint32_t* qj = q + j * w;
     __m256i bv = _mm256_set1_epi16(static_cast<int16_t>(st[j].bound));
-    const uint32_t* p = soa + b0 * w * kLanes;
-    for (int64_t b = b0; b < b1; ++b, p += w * kLanes) {
+    const uint8_t* p = db.base + b0 * db.stride;
+    for (int64_t b = b0; b < b1; ++b, p += db.stride) {
       __m256i d0, d1;
-      DistPairAnyAvx2(p, w, qj, c, &d0, &d1);
+      DistPairAnyAvx2(p, w, db.t, qj, c, &d0, &d1);
       if (b < dense_end || __builtin_expect(AnyBelow(d0, d1, bv), 0)) {
         HitAvx2(st[j], d0, d1, b, last, tail, &bv);
       }
@@ -689,28 +820,27 @@ MEDHASH_AVX2 void ScanAnyAvx2(const uint32_t* soa, int w, int64_t b0,
 }
 
 template <int W>
-void ScanAvx2(const uint32_t* soa, int /*w*/, int64_t b0, int64_t b1,
-              int64_t last, uint32_t tail, int64_t dense_end,
-              const uint32_t* q, Selector* st, int nq) {
+void ScanAvx2(const DbLayout& db, int64_t b0, int64_t b1, int64_t last,
+              uint32_t tail, int64_t dense_end, const uint32_t* q,
+              Selector* st, int nq) {
   constexpr int QB = QbAvx2(W);
   int j = 0;
   for (; j + QB <= nq; j += QB) {
-    ScanBlockAvx2<W, QB>(soa, b0, b1, last, tail, dense_end, q + j * W,
+    ScanBlockAvx2<W, QB>(db, b0, b1, last, tail, dense_end, q + j * W,
                          st + j);
   }
   for (; j < nq; ++j) {
-    ScanBlockAvx2<W, 1>(soa, b0, b1, last, tail, dense_end, q + j * W,
-                        st + j);
+    ScanBlockAvx2<W, 1>(db, b0, b1, last, tail, dense_end, q + j * W, st + j);
   }
 }
 
-MEDHASH_AVX2 void DistAvx2(const uint32_t* soa, int w, int64_t b0, int64_t b1,
+MEDHASH_AVX2 void DistAvx2(const DbLayout& db, int64_t b0, int64_t b1,
                            const uint32_t* q, uint32_t* out) {
   const Avx2Consts c = MakeAvx2Consts();
-  const uint32_t* p = soa + b0 * w * kLanes;
-  for (int64_t b = b0; b < b1; ++b, p += w * kLanes, out += kLanes) {
+  const uint8_t* p = db.base + b0 * db.stride;
+  for (int64_t b = b0; b < b1; ++b, p += db.stride, out += kLanes) {
     __m256i d0, d1;
-    DistPairAnyAvx2(p, w, q, c, &d0, &d1);
+    DistPairAnyAvx2(p, db.w, db.t, q, c, &d0, &d1);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), d0);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), d1);
   }
@@ -767,36 +897,45 @@ DistFn GetDist(Isa isa, int w) {
 
 struct Problem {
   const uint32_t* q;
-  const uint32_t* db;
   int64_t nq, n, k;
-  int w;
   int max_d;        // 32 * w
   int64_t blocks;   // ceil(n / 16)
   uint32_t tail;    // valid lanes of the last block
   int64_t tile;     // blocks per L2 tile
-  const uint32_t* soa;
+  DbLayout db;
   Isa isa;
 };
 
-// Transposes the database (in parallel) and fills the shared fields.
-std::unique_ptr<AlignedU32> Prepare(Problem& p, int threads) {
-  p.max_d = 32 * p.w;
+// Fills the shared fields for a database of p.n codes of w words (t tail
+// bytes); the caller sets p.db.base.
+void Setup(Problem& p, int w, int t) {
+  p.max_d = 32 * w;
   p.blocks = (p.n + kLanes - 1) / kLanes;
   const int rem = static_cast<int>(p.n % kLanes);
   p.tail = rem == 0 ? 0xffffu : (1u << rem) - 1;
-  // ~128 KiB of database words per tile.
-  p.tile = std::max<int64_t>(1, 2048 / p.w);
+  p.db.w = w;
+  p.db.t = t;
+  p.db.stride = BlockBytes(w, t);
+  // ~128 KiB of database per tile.
+  p.tile = std::max<int64_t>(1, (128 << 10) / p.db.stride);
   p.isa = ChosenIsa();
+}
+
+// Packed uint32 rows -> an owned t = 0 layout (in parallel): the per-call
+// copy of the FFI targets that take rows (HammingIndex keeps its layout).
+std::unique_ptr<AlignedU32> Prepare(Problem& p, const uint32_t* rows, int w,
+                                    int threads) {
+  Setup(p, w, 0);
   auto soa = std::make_unique<AlignedU32>(
-      static_cast<size_t>(p.blocks) * p.w * kLanes);
+      static_cast<size_t>(p.blocks) * w * kLanes);
   const int64_t chunk = 4096;
   const int64_t units = (p.blocks + chunk - 1) / chunk;
   uint32_t* out = soa->get();
+  const int64_t n = p.n;
   ParallelFor(units, threads, [&](int64_t u) {
-    ToSoa(p.db, p.n, p.w, u * chunk, std::min(p.blocks, (u + 1) * chunk),
-          out);
+    ToSoa(rows, n, w, u * chunk, std::min(p.blocks, (u + 1) * chunk), out);
   });
-  p.soa = out;
+  p.db.base = reinterpret_cast<const uint8_t*>(out);
   return soa;
 }
 
@@ -808,18 +947,19 @@ int64_t GroupSize(int64_t nq, int threads, int64_t per_query_bytes) {
   return std::max<int64_t>(g, 1);
 }
 
-// Accumulates distance histograms of queries [q0, q1) into hist (rows of
-// max_d + 1, zeroed by the caller), sweeping tiles.
-void HistogramRange(const Problem& p, int64_t q0, int64_t q1, int64_t* hist) {
-  const DistFn dist = GetDist(p.isa, p.w);
+// Accumulates distance histograms of queries [q0, q1) over database blocks
+// [b0, b1) into hist (rows of max_d + 1, zeroed by the caller), tile by tile.
+void HistogramRange(const Problem& p, int64_t q0, int64_t q1, int64_t b0,
+                    int64_t b1, int64_t* hist) {
+  const DistFn dist = GetDist(p.isa, p.db.w);
   const int64_t stride = p.max_d + 1;
   std::vector<uint32_t> dbuf(static_cast<size_t>(p.tile) * kLanes);
   std::vector<int64_t> h4(4 * stride);
-  for (int64_t t0 = 0; t0 < p.blocks; t0 += p.tile) {
-    const int64_t t1 = std::min(p.blocks, t0 + p.tile);
+  for (int64_t t0 = b0; t0 < b1; t0 += p.tile) {
+    const int64_t t1 = std::min(b1, t0 + p.tile);
     const int64_t items = std::min(p.n, t1 * kLanes) - t0 * kLanes;
     for (int64_t j = q0; j < q1; ++j) {
-      dist(p.soa, p.w, t0, t1, p.q + j * p.w, dbuf.data());
+      dist(p.db, t0, t1, p.q + j * p.db.w, dbuf.data());
       std::fill(h4.begin(), h4.end(), 0);
       // Four sub-histograms break the store-to-load chain on repeated bins.
       int64_t i = 0;
@@ -845,7 +985,7 @@ void TopkTwoPassRange(const Problem& p, int64_t q0, int64_t q1, int32_t* od,
   const int64_t nq = q1 - q0;
   const int64_t stride = p.max_d + 1;
   std::vector<int64_t> hist(nq * stride, 0);
-  HistogramRange(p, q0, q1, hist.data());
+  HistogramRange(p, q0, q1, 0, p.blocks, hist.data());
   // offsets (per query, per distance <= d_k), the tie quota and d_k.
   std::vector<int64_t> off(nq * stride), quota(nq), remaining(nq);
   std::vector<uint32_t> dk(nq);
@@ -863,14 +1003,14 @@ void TopkTwoPassRange(const Problem& p, int64_t q0, int64_t q1, int32_t* od,
       o += h[e];
     }
   }
-  const DistFn dist = GetDist(p.isa, p.w);
+  const DistFn dist = GetDist(p.isa, p.db.w);
   std::vector<uint32_t> dbuf(static_cast<size_t>(p.tile) * kLanes);
   for (int64_t t0 = 0; t0 < p.blocks; t0 += p.tile) {
     const int64_t t1 = std::min(p.blocks, t0 + p.tile);
     const int64_t items = std::min(p.n, t1 * kLanes) - t0 * kLanes;
     for (int64_t j = 0; j < nq; ++j) {
       if (remaining[j] == 0) continue;
-      dist(p.soa, p.w, t0, t1, p.q + (q0 + j) * p.w, dbuf.data());
+      dist(p.db, t0, t1, p.q + (q0 + j) * p.db.w, dbuf.data());
       int64_t* o = off.data() + j * stride;
       int32_t* rd = od + (q0 + j) * p.k;
       int32_t* ri = oi + (q0 + j) * p.k;
@@ -901,22 +1041,24 @@ int64_t DenseBlocks(int64_t k) {
   return (kDenseFactor * k + kLanes - 1) / kLanes;
 }
 
-void TopkBufferRange(const Problem& p, int64_t q0, int64_t q1, int32_t* od,
-                     int32_t* oi, std::vector<Selector>& states) {
+// Top-k (k <= codes in the range) of queries [q0, q1) over database blocks
+// [b0, b1); query j's row goes to od/oi + (j - q0) * ld.
+void TopkBufferBlocks(const Problem& p, int64_t b0, int64_t b1, int64_t k,
+                      int64_t q0, int64_t q1, int32_t* od, int32_t* oi,
+                      int64_t ld, std::vector<Selector>& states) {
   const int nq = static_cast<int>(q1 - q0);
   if (states.size() < static_cast<size_t>(nq)) states.resize(nq);
-  for (int j = 0; j < nq; ++j) states[j].Reset(p.k, p.max_d);
-  const ScanFn scan = GetScan(p.isa, p.w);
+  for (int j = 0; j < nq; ++j) states[j].Reset(k, p.max_d);
+  const ScanFn scan = GetScan(p.isa, p.db.w);
   const int64_t last = p.blocks - 1;
-  const int64_t dense_end = DenseBlocks(p.k);
-  for (int64_t t0 = 0; t0 < p.blocks; t0 += p.tile) {
-    const int64_t t1 = std::min(p.blocks, t0 + p.tile);
-    scan(p.soa, p.w, t0, t1, last, p.tail, dense_end, p.q + q0 * p.w,
+  // Dense from the range's own start: its selectors start empty there.
+  const int64_t dense_end = b0 + DenseBlocks(k);
+  for (int64_t t0 = b0; t0 < b1; t0 += p.tile) {
+    const int64_t t1 = std::min(b1, t0 + p.tile);
+    scan(p.db, t0, t1, last, p.tail, dense_end, p.q + q0 * p.db.w,
          states.data(), nq);
   }
-  for (int j = 0; j < nq; ++j) {
-    states[j].Emit(od + (q0 + j) * p.k, oi + (q0 + j) * p.k);
-  }
+  for (int j = 0; j < nq; ++j) states[j].Emit(od + j * ld, oi + j * ld);
 }
 
 bool UseTwoPass(int64_t n, int64_t k) {
@@ -937,18 +1079,82 @@ int ThreadsFor(int64_t nq, int64_t n, int w) {
   return static_cast<int>(std::min<int64_t>(NumThreads(), useful));
 }
 
-void RunTopk(const uint32_t* q, const uint32_t* db, int64_t nq, int64_t n,
-             int w, int64_t k, int32_t* od, int32_t* oi) {
-  const int threads = ThreadsFor(nq, n, w);
-  Problem p{};
-  p.q = q;
-  p.db = db;
-  p.nq = nq;
-  p.n = n;
-  p.w = w;
-  p.k = k;
-  auto soa = Prepare(p, threads);
-  const bool two_pass = UseTwoPass(n, k);
+// Database parts for the few-query path (1 = split over queries instead).
+// Splitting over queries gives a thread nothing to do when Q < threads, and
+// one query over 10M codes would then run on one core; splitting the
+// database lets every thread stream its own share. MEDHASH_DB_PARTS forces a
+// count (tests use it to cross part borders on small databases).
+int64_t DbParts(int64_t nq, int64_t blocks, int64_t k, int threads) {
+  if (const char* env = std::getenv("MEDHASH_DB_PARTS")) {
+    const int64_t forced = std::atoll(env);
+    if (forced > 0) return std::min<int64_t>(forced, blocks);
+  }
+  // Below 32 queries a thread, the query path's groups (nq / (4 threads))
+  // are smaller than a register block of 8 queries, and each group streams
+  // the whole database; a part is streamed once for all queries (measured at
+  // 10M x 64 bits, 2 threads: 3-5x faster at Q = 4..16, even at Q = 64).
+  if (threads <= 1 || nq >= 32 * static_cast<int64_t>(threads) || k > 8192) {
+    return 1;
+  }
+  if (const char* env = std::getenv("MEDHASH_TOPK_METHOD")) {
+    if (!std::strcmp(env, "twopass")) return 1;
+  }
+  // Each part holds >= 16 k codes (where the buffer method is the right one,
+  // see UseTwoPass) and >= 32k codes (so that a part outweighs the merge and
+  // the thread start). A few parts per thread balance a shared machine.
+  const int64_t min_blocks = std::max<int64_t>(2048, k);
+  return std::max<int64_t>(
+      1, std::min<int64_t>(4 * static_cast<int64_t>(threads),
+                           blocks / min_blocks));
+}
+
+// Few queries: threads sweep disjoint database parts; the per-part top-k
+// lists (each sorted by (distance, index), global indices) are merged exactly
+// by that same key, so the answer is the single-sweep one.
+void TopkSplit(const Problem& p, int64_t parts, int threads, int32_t* od,
+               int32_t* oi) {
+  const int64_t per = (p.blocks + parts - 1) / parts;
+  parts = (p.blocks + per - 1) / per;
+  const int64_t k = p.k, nq = p.nq;
+  std::vector<int32_t> pd(static_cast<size_t>(parts * nq * k));
+  std::vector<int32_t> pi(pd.size());
+  std::vector<int64_t> pk(parts);
+  ParallelFor(parts, threads, [&](int64_t u) {
+    const int64_t b0 = u * per, b1 = std::min(p.blocks, b0 + per);
+    const int64_t items = std::min(p.n, b1 * kLanes) - b0 * kLanes;
+    const int64_t kr = std::min(k, items);
+    pk[u] = kr;
+    std::vector<Selector> states;
+    TopkBufferBlocks(p, b0, b1, kr, 0, nq, pd.data() + u * nq * k,
+                     pi.data() + u * nq * k, k, states);
+  });
+  std::vector<uint64_t> keys;
+  for (int64_t j = 0; j < nq; ++j) {
+    keys.clear();
+    for (int64_t u = 0; u < parts; ++u) {
+      const int32_t* d = pd.data() + (u * nq + j) * k;
+      const int32_t* i = pi.data() + (u * nq + j) * k;
+      for (int64_t e = 0; e < pk[u]; ++e) {
+        keys.push_back(static_cast<uint64_t>(d[e]) << 32 |
+                       static_cast<uint32_t>(i[e]));
+      }
+    }
+    std::partial_sort(keys.begin(), keys.begin() + k, keys.end());
+    for (int64_t e = 0; e < k; ++e) {
+      od[j * k + e] = static_cast<int32_t>(keys[e] >> 32);
+      oi[j * k + e] = static_cast<int32_t>(keys[e] & 0xffffffffu);
+    }
+  }
+}
+
+void SolveTopk(const Problem& p, int threads, int32_t* od, int32_t* oi) {
+  const int64_t parts = DbParts(p.nq, p.blocks, p.k, threads);
+  if (parts > 1) {
+    TopkSplit(p, parts, threads, od, oi);
+    return;
+  }
+  const int64_t nq = p.nq, k = p.k;
+  const bool two_pass = UseTwoPass(p.n, k);
   // Bytes of state per query in flight (Selector buffers / pass-2 tables).
   const int64_t per_query =
       two_pass ? 3 * 8 * (p.max_d + 1) : 8 * (4 * k + 320 + p.max_d + 1);
@@ -962,10 +1168,56 @@ void RunTopk(const uint32_t* q, const uint32_t* db, int64_t nq, int64_t n,
     // One state vector per thread would be ideal; per unit is simpler and
     // the allocation is amortised over g queries x N codes.
     ParallelFor(units, threads, [&](int64_t u) {
+      const int64_t q0 = u * g;
       std::vector<Selector> states;
-      TopkBufferRange(p, u * g, std::min(nq, (u + 1) * g), od, oi, states);
+      TopkBufferBlocks(p, 0, p.blocks, k, q0, std::min(nq, (u + 1) * g),
+                       od + q0 * k, oi + q0 * k, k, states);
     });
   }
+}
+
+void SolveHistogram(const Problem& p, int threads, int32_t* out) {
+  const int64_t nq = p.nq;
+  const int64_t stride = p.max_d + 1;
+  // Few queries: database parts, their counts summed (exact, any order).
+  int64_t parts = DbParts(nq, p.blocks, 1, threads);
+  if (parts > 1) {
+    const int64_t per = (p.blocks + parts - 1) / parts;
+    parts = (p.blocks + per - 1) / per;
+    std::vector<int64_t> hist(static_cast<size_t>(parts * nq * stride), 0);
+    ParallelFor(parts, threads, [&](int64_t u) {
+      HistogramRange(p, 0, nq, u * per, std::min(p.blocks, (u + 1) * per),
+                     hist.data() + u * nq * stride);
+    });
+    for (int64_t e = 0; e < nq * stride; ++e) {
+      int64_t sum = 0;
+      for (int64_t u = 0; u < parts; ++u) sum += hist[u * nq * stride + e];
+      out[e] = static_cast<int32_t>(sum);
+    }
+    return;
+  }
+  const int64_t g = GroupSize(nq, threads, 8 * stride);
+  const int64_t units = (nq + g - 1) / g;
+  ParallelFor(units, threads, [&](int64_t u) {
+    const int64_t q0 = u * g, q1 = std::min(nq, (u + 1) * g);
+    std::vector<int64_t> hist((q1 - q0) * stride, 0);
+    HistogramRange(p, q0, q1, 0, p.blocks, hist.data());
+    for (int64_t e = 0; e < (q1 - q0) * stride; ++e) {
+      out[q0 * stride + e] = static_cast<int32_t>(hist[e]);
+    }
+  });
+}
+
+void RunTopk(const uint32_t* q, const uint32_t* db, int64_t nq, int64_t n,
+             int w, int64_t k, int32_t* od, int32_t* oi) {
+  const int threads = ThreadsFor(nq, n, w);
+  Problem p{};
+  p.q = q;
+  p.nq = nq;
+  p.n = n;
+  p.k = k;
+  auto soa = Prepare(p, db, w, threads);
+  SolveTopk(p, threads, od, oi);
 }
 
 void RunHistogram(const uint32_t* q, const uint32_t* db, int64_t nq, int64_t n,
@@ -973,23 +1225,24 @@ void RunHistogram(const uint32_t* q, const uint32_t* db, int64_t nq, int64_t n,
   const int threads = ThreadsFor(nq, n, w);
   Problem p{};
   p.q = q;
-  p.db = db;
   p.nq = nq;
   p.n = n;
-  p.w = w;
   p.k = 0;
-  auto soa = Prepare(p, threads);
-  const int64_t stride = p.max_d + 1;
-  const int64_t g = GroupSize(nq, threads, 8 * stride);
-  const int64_t units = (nq + g - 1) / g;
-  ParallelFor(units, threads, [&](int64_t u) {
-    const int64_t q0 = u * g, q1 = std::min(nq, (u + 1) * g);
-    std::vector<int64_t> hist((q1 - q0) * stride, 0);
-    HistogramRange(p, q0, q1, hist.data());
-    for (int64_t e = 0; e < (q1 - q0) * stride; ++e) {
-      out[q0 * stride + e] = static_cast<int32_t>(hist[e]);
-    }
-  });
+  auto soa = Prepare(p, db, w, threads);
+  SolveHistogram(p, threads, out);
+}
+
+// Over a prebuilt layout of n codes of `bytes` bytes (no copy).
+Problem LayoutProblem(const uint8_t* layout, int64_t n, int64_t bytes,
+                      const uint32_t* q, int64_t nq, int64_t k) {
+  Problem p{};
+  p.q = q;
+  p.nq = nq;
+  p.n = n;
+  p.k = k;
+  Setup(p, static_cast<int>((bytes + 3) / 4), static_cast<int>(bytes % 4));
+  p.db.base = layout;
+  return p;
 }
 
 // ---------------------------------------------------------------------------
@@ -1083,6 +1336,106 @@ ffi::Error HistogramImpl(ffi::Buffer<ffi::U32> q, ffi::Buffer<ffi::U32> db,
   return ffi::Error::Success();
 }
 
+
+// Checks a prebuilt layout against the queries: W = ceil(B / 4) words and
+// at least ceil(n / 16) * 16 * B bytes.
+std::string CheckLayout(int64_t layout_bytes, int64_t n, int64_t bytes,
+                        int64_t words) {
+  if (bytes <= 0 || bytes > 4000) {
+    return "bytes_per_code must be in [1, 4000], got " + std::to_string(bytes);
+  }
+  if (words != (bytes + 3) / 4) {
+    return "queries have " + std::to_string(words) + " words but " +
+           std::to_string(bytes) + "-byte codes need " +
+           std::to_string((bytes + 3) / 4);
+  }
+  if (n < 0 || n > INT32_MAX) {
+    return "database size " + std::to_string(n) + " is out of range";
+  }
+  const int64_t need = (n + kLanes - 1) / kLanes * kLanes * bytes;
+  if (layout_bytes >= 0 && layout_bytes < need) {
+    return "layout has " + std::to_string(layout_bytes) + " bytes, " +
+           std::to_string(n) + " codes need " + std::to_string(need);
+  }
+  return "";
+}
+
+ffi::Error TopkLayoutImpl(ffi::Buffer<ffi::U32> q, ffi::Buffer<ffi::U8> layout,
+                          int64_t n, int64_t bytes, int64_t k,
+                          ffi::ResultBuffer<ffi::S32> dist,
+                          ffi::ResultBuffer<ffi::S32> idx) {
+  const auto qd = q.dimensions();
+  if (qd.size() != 2 || layout.dimensions().size() != 1) {
+    return ffi::Error::InvalidArgument(
+        "hamming_topk_layout: queries (Q, W) uint32, layout (L,) uint8");
+  }
+  const std::string bad =
+      CheckLayout(layout.dimensions()[0], n, bytes, qd[1]);
+  if (!bad.empty()) {
+    return ffi::Error::InvalidArgument("hamming_topk_layout: " + bad);
+  }
+  if (k < 1 || k > n) {
+    return ffi::Error::InvalidArgument(
+        "hamming_topk: need 1 <= k <= N, got k=" + std::to_string(k) +
+        ", N=" + std::to_string(n));
+  }
+  const int64_t nq = qd[0];
+  if (nq == 0) return ffi::Error::Success();
+  try {
+    const Problem p =
+        LayoutProblem(layout.typed_data(), n, bytes, q.typed_data(), nq, k);
+    SolveTopk(p, ThreadsFor(nq, n, p.db.w), dist->typed_data(),
+              idx->typed_data());
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "hamming_topk: out of memory");
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("hamming_topk: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+int Fail(char* err, int64_t err_len, const std::string& msg) {
+  if (err != nullptr && err_len > 0) {
+    std::strncpy(err, msg.c_str(), static_cast<size_t>(err_len - 1));
+    err[err_len - 1] = '\0';
+  }
+  return -1;
+}
+
+// Reads `bytes` at p once over `threads` threads; returns an XOR of the data
+// (so that the reads cannot be optimised away). The benchmark's bandwidth
+// bound.
+#if MEDHASH_X86
+__attribute__((target("avx2"))) uint64_t XorRangeAvx2(const uint8_t* p,
+                                                       int64_t bytes) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 128 <= bytes; i += 128) {
+    const __m256i* v = reinterpret_cast<const __m256i*>(p + i);
+    a0 = _mm256_xor_si256(a0, _mm256_loadu_si256(v));
+    a1 = _mm256_xor_si256(a1, _mm256_loadu_si256(v + 1));
+    a2 = _mm256_xor_si256(a2, _mm256_loadu_si256(v + 2));
+    a3 = _mm256_xor_si256(a3, _mm256_loadu_si256(v + 3));
+  }
+  a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+  alignas(32) uint64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), a0);
+  uint64_t x = lanes[0] ^ lanes[1] ^ lanes[2] ^ lanes[3];
+  for (; i < bytes; ++i) x ^= p[i];
+  return x;
+}
+#endif
+
+uint64_t XorRange(const uint8_t* p, int64_t bytes) {
+#if MEDHASH_X86
+  if (ChosenIsa() >= kAvx2) return XorRangeAvx2(p, bytes);
+#endif
+  uint64_t x = 0;
+  for (int64_t i = 0; i < bytes; ++i) x ^= p[i];
+  return x;
+}
+
 }  // namespace
 }  // namespace medhash
 
@@ -1090,6 +1443,7 @@ ffi::Error HistogramImpl(ffi::Buffer<ffi::U32> q, ffi::Buffer<ffi::U32> db,
 
 MEDHASH_EXPORT XLA_FFI_Error* MedhashHammingTopk(XLA_FFI_CallFrame* frame);
 MEDHASH_EXPORT XLA_FFI_Error* MedhashHammingHistogram(XLA_FFI_CallFrame* frame);
+MEDHASH_EXPORT XLA_FFI_Error* MedhashHammingTopkLayout(XLA_FFI_CallFrame* frame);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MedhashHammingTopk, medhash::TopkImpl,
                               ffi::Ffi::Bind()
@@ -1109,3 +1463,84 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MedhashHammingHistogram, medhash::HistogramImpl,
 // would use now (0 scalar, 1 AVX2, 2 AVX-512).
 MEDHASH_EXPORT int MedhashHammingIsa() { return medhash::ChosenIsa(); }
 MEDHASH_EXPORT int MedhashHammingNumThreads() { return medhash::NumThreads(); }
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MedhashHammingTopkLayout, medhash::TopkLayoutImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Attr<int64_t>("n")
+                                  .Attr<int64_t>("bytes_per_code")
+                                  .Attr<int64_t>("k")
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+// Plain C entry points over a prebuilt layout (HammingIndex calls them
+// through ctypes, which releases the GIL): the database is read in place,
+// never copied, and may be a memory-mapped file. `layout` holds n codes of
+// `bytes` bytes in the kernel layout (see DbLayout), `q` nq rows of
+// ceil(bytes / 4) uint32 words. They return 0, or -1 with a message in err.
+MEDHASH_EXPORT int MedhashLayoutTopk(const uint8_t* layout, int64_t n,
+                                     int64_t bytes, const uint32_t* q,
+                                     int64_t nq, int64_t k, int32_t* od,
+                                     int32_t* oi, char* err, int64_t err_len) {
+  using namespace medhash;
+  const std::string bad = CheckLayout(-1, n, bytes, (bytes + 3) / 4);
+  if (!bad.empty()) return Fail(err, err_len, "hamming_topk: " + bad);
+  if (k < 1 || k > n) {
+    return Fail(err, err_len, "hamming_topk: need 1 <= k <= N, got k=" +
+                                  std::to_string(k) + ", N=" +
+                                  std::to_string(n));
+  }
+  if (nq == 0) return 0;
+  try {
+    const Problem p = LayoutProblem(layout, n, bytes, q, nq, k);
+    SolveTopk(p, ThreadsFor(nq, n, p.db.w), od, oi);
+  } catch (const std::bad_alloc&) {
+    return Fail(err, err_len, "hamming_topk: out of memory");
+  } catch (const std::exception& e) {
+    return Fail(err, err_len, std::string("hamming_topk: ") + e.what());
+  }
+  return 0;
+}
+
+// out: int32 (nq, 32 * ceil(bytes / 4) + 1), counts per distance.
+MEDHASH_EXPORT int MedhashLayoutHistogram(const uint8_t* layout, int64_t n,
+                                          int64_t bytes, const uint32_t* q,
+                                          int64_t nq, int32_t* out, char* err,
+                                          int64_t err_len) {
+  using namespace medhash;
+  const std::string bad = CheckLayout(-1, n, bytes, (bytes + 3) / 4);
+  if (!bad.empty()) return Fail(err, err_len, "hamming_histogram: " + bad);
+  const int64_t w = (bytes + 3) / 4;
+  if (nq == 0) return 0;
+  if (n == 0) {
+    std::fill(out, out + nq * (32 * w + 1), 0);
+    return 0;
+  }
+  try {
+    const Problem p = LayoutProblem(layout, n, bytes, q, nq, 0);
+    SolveHistogram(p, ThreadsFor(nq, n, p.db.w), out);
+  } catch (const std::bad_alloc&) {
+    return Fail(err, err_len, "hamming_histogram: out of memory");
+  } catch (const std::exception& e) {
+    return Fail(err, err_len, std::string("hamming_histogram: ") + e.what());
+  }
+  return 0;
+}
+
+MEDHASH_EXPORT uint64_t MedhashStreamRead(const uint8_t* p, int64_t bytes,
+                                          int threads) {
+  using namespace medhash;
+  threads = std::max(1, threads);
+  const int64_t units = 4 * static_cast<int64_t>(threads);
+  const int64_t per = (bytes + units - 1) / units;
+  std::vector<uint64_t> acc(units, 0);
+  ParallelFor(units, threads, [&](int64_t u) {
+    const int64_t lo = std::min(bytes, u * per);
+    const int64_t hi = std::min(bytes, lo + per);
+    acc[u] = XorRange(p + lo, hi - lo);
+  });
+  uint64_t x = 0;
+  for (uint64_t a : acc) x ^= a;
+  return x;
+}
