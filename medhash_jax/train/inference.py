@@ -33,8 +33,8 @@ at that distance from the query (hits of one group are ordered by the
 query's real-valued code, then a seeded order; never by file order).
 
 Outputs are never overwritten: an explicit `--output` that exists is
-refused; the default names (`search.json`, `encoded.mhi`) take the next free
-`_2`, `_3`, ... suffix.
+refused; the default names (`search.json`, `encoded.mhi`, in the workdir, or
+in the current folder for a bundle) take the next free `_2`, `_3`, ... suffix.
 """
 
 import html
@@ -220,7 +220,8 @@ def encode(config, workdir: str, *, input_spec: str = "", split: str = "database
     num_bits, skipped = int(cfg.num_bits), []
   index = HammingIndex(num_bits)
   index.add(codes)
-  output = free_output(output, os.path.join(workdir, "encoded.mhi"))
+  out_dir = os.getcwd() if _is_bundle(workdir) else workdir
+  output = free_output(output, os.path.join(out_dir, "encoded.mhi"))
   if jax.process_index() == 0:
     index.save(output)
     np.savez(meta_path(output), **meta)
@@ -261,7 +262,9 @@ def search(config, workdir: str, *, input_spec: str, k: int = 10,
   if isinstance(k, bool) or not 1 <= int(k) <= n:
     raise ValueError(f"--k={k}: the database of {workdir} holds {n} cases; "
                      f"choose 1 <= k <= {n}")
-  out_path = free_output(output, os.path.join(workdir, "search.json"))
+  # A bundle is a read-only product: default outputs go to the current folder.
+  out_dir = os.getcwd() if _is_bundle(workdir) else workdir
+  out_path = free_output(output, os.path.join(out_dir, "search.json"))
   gallery_path = free_output(gallery, "") if gallery else ""
   paths, images, skipped = read_images(list_images(input_spec),
                                        skip_bad=skip_bad)
@@ -306,13 +309,13 @@ def format_table(results, skipped, out_path: str) -> str:
   lines = []
   if len(results) <= _FULL_TABLE_QUERIES:
     header = (f"{'query':<28} {'rank':>4} {'dist':>4} {'tie':>5}  "
-              f"{'id':<24} labels")
+              f"{'name':<24} labels")
     lines += [header, "-" * len(header)]
     for r in results:
       q = os.path.basename(r["query"])[-28:]
       for h in r["hits"]:
         lines.append(f"{q:<28} {h['rank']:>4} {h['distance']:>4} "
-                     f"{h['tie_group']:>5}  {h['id'][-24:]:<24} "
+                     f"{h['tie_group']:>5}  {h['name'][-24:]:<24} "
                      f"{'|'.join(h['labels'])}")
         q = ""
   else:
@@ -324,7 +327,7 @@ def format_table(results, skipped, out_path: str) -> str:
         for lab in h["labels"] or ["(none)"]:
           counts[lab] = counts.get(lab, 0) + 1
       top = r["hits"][0]
-      first = f"{top['id'][-24:]} ({top['distance']})"
+      first = f"{top['name'][-24:]} ({top['distance']})"
       summary = ", ".join(f"{lab} {c}" for lab, c in
                           sorted(counts.items(), key=lambda t: -t[1]))
       lines.append(f"{os.path.basename(r['query'])[-28:]:<28} {first:<30} "
