@@ -473,6 +473,10 @@ def final_evaluation(run: Run, train_info: Dict[str, Any], *,
       "selection": {"metric": cfg.eval.select_metric, "split": "val",
                     "step": int(selected_step)},
       "metrics": {"val": ev["val"], "test": ev["test"]},
+      # What a user sees does not depend on database order: the headline
+      # uses the tie-aware columns (index-ordered ones stay in metrics).
+      "headline": {k: v for k, v in ev["test"].items()
+                   if k.endswith("/tie_aware")},
       "efficiency": ev["efficiency"],
       "device": {"platform": jax.devices()[0].platform,
                  "kind": jax.devices()[0].device_kind,
@@ -481,12 +485,11 @@ def final_evaluation(run: Run, train_info: Dict[str, Any], *,
   if jax.process_index() == 0:
     index_path = os.path.join(workdir, INDEX_FILE)
     ev["index"].save(index_path)
-    db = run.ds.eval["database"]
-    np.savez(os.path.join(workdir, INDEX_META_FILE), labels=db.labels,
-             ids=np.asarray(db.ids).astype(str),
-             source_indices=np.asarray(db.indices),
-             class_names=np.asarray(run.ds.class_names).astype(str),
-             dataset=np.asarray(cfg.data.name))
+    # The rest of the product (run_files: metadata, thumbnails, preprocessing
+    # record): search and serving need no training data.
+    from medhash_jax.train import run_files  # pylint: disable=g-import-not-at-top
+    run_files.write_run_files(workdir, cfg, run.ds,
+                              model_step=int(selected_step))
     results["index_file"] = index_path
     results["efficiency"]["index_file_bytes"] = os.path.getsize(index_path)
     _write_json(os.path.join(workdir, RESULTS_FILE), results)

@@ -1,0 +1,147 @@
+"""Rankings for people: Hamming ties re-ranked by the query's real-valued code.
+
+`hamming_topk` sorts by (Hamming distance, database index): exact and
+reproducible, which is what the metrics need (and keep). But a user who looks
+at the top 10 should not see the database *file order*: with short codes most
+queries have dozens or thousands of items at the k-th distance, and databases
+are often stored class by class, so index order shows whichever class comes
+first in the file.
+
+`rerank_topk` gives the order users see (DESIGN.md, "Evaluation hygiene"):
+
+  1. Hamming distance (the exact ranking, unchanged between tie groups);
+  2. inside a tie group, the asymmetric distance between the query's
+     real-valued code q (in [-1, 1]) and the item's binary code b (+-1):
+     ``-<q, b> = 2 * sum_{i: bit differs} |q_i| - sum_i |q_i|``,
+     i.e. items whose differing bits are the ones the query is least sure of
+     come first (asymmetric distance, Gordo et al. 2014; Dong et al. 2008);
+  3. items still tied (identical binary codes) in a seeded order that does not
+     depend on the file: a hash of (seed, case id), `tie_keys`.
+
+The tie group at the k-th distance is collected whole (every database item at
+that distance, not only the ones index order put inside the top k), so the
+re-ranking picks the best of the group. Each hit also reports the size of its
+tie group: how many database items share its Hamming distance to the query.
+"""
+
+import hashlib
+from typing import Sequence, Tuple
+
+import numpy as np
+
+from medhash_jax.retrieval import packing
+from medhash_jax.retrieval import topk
+
+# Budget (elements) of one chunk's unpacked candidate bits, (queries x
+# candidates x bits) int8.
+_BUDGET = 1 << 24
+
+
+def tie_keys(ids: Sequence[str], seed: int = 0) -> np.ndarray:
+  """uint64 per case id: the seeded, file-order-free last tie-break.
+
+  A hash of (seed, id) rather than a permutation of positions, so a case keeps
+  its key when cases are appended or the database file is reordered.
+  """
+  out = np.empty((len(ids),), np.uint64)
+  prefix = f"{int(seed)}\x00".encode()
+  for j, i in enumerate(ids):
+    h = hashlib.blake2b(prefix + str(i).encode(), digest_size=8).digest()
+    out[j] = np.frombuffer(h, "<u8")[0]
+  return out
+
+
+def _signs(db_packed: np.ndarray, num_bits: int) -> np.ndarray:
+  """Packed uint32 (n, W) -> float64 (n, K) in {-1, +1} (host numpy; bit j
+  in word j // 32 at bit j % 32, as `packing.pack_codes` writes it)."""
+  words = np.ascontiguousarray(db_packed, "<u4")
+  bits = np.unpackbits(words.view(np.uint8), axis=1, bitorder="little")
+  return bits[:, :num_bits].astype(np.float64) * 2.0 - 1.0
+
+
+def asymmetric_distance(query_code: np.ndarray, db_packed: np.ndarray,
+                        num_bits: int) -> np.ndarray:
+  """-<q, b> (float64) of one real query code against packed codes (n, W)."""
+  return -(_signs(db_packed, num_bits) @ np.asarray(query_code, np.float64))
+
+
+def rerank_topk(query_codes, db_packed, k: int, *, keys: np.ndarray,
+                backend: str = "auto"
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Top k per query, ties re-ranked (see the module docstring).
+
+  Args:
+    query_codes: float (Q, K) real-valued query codes (bit = code >= 0).
+    db_packed: uint32 (N, W) packed database codes.
+    k: hits per query, 1 <= k <= N (a larger k raises ValueError).
+    keys: uint64 (N,) last tie-break per database item (`tie_keys`).
+    backend: the `hamming_topk` backend.
+
+  Returns:
+    (distances int32 (Q, k), positions int64 (Q, k), tie group sizes int64
+    (Q, k)); each row sorted by (distance, asymmetric distance, key).
+  """
+  q_codes = np.asarray(query_codes, np.float32)
+  db_packed = np.asarray(db_packed, np.uint32)
+  n = db_packed.shape[0]
+  if q_codes.ndim != 2:
+    raise ValueError(f"query codes must be (Q, K), got {q_codes.shape}")
+  num_bits = q_codes.shape[1]
+  if isinstance(k, bool) or not 1 <= int(k) <= n:
+    raise ValueError(f"k={k} must be between 1 and the database size {n}")
+  k = int(k)
+  keys = np.asarray(keys, np.uint64)
+  if keys.shape != (n,):
+    raise ValueError(f"keys must have shape ({n},), got {keys.shape}")
+  nq = q_codes.shape[0]
+  out_d = np.zeros((nq, k), np.int32)
+  out_i = np.zeros((nq, k), np.int64)
+  out_g = np.zeros((nq, k), np.int64)
+  if nq == 0:
+    return out_d, out_i, out_g
+  qp = np.asarray(packing.pack_codes(q_codes))
+  dist, _ = topk.hamming_topk(qp, db_packed, k, backend=backend)
+  kth = np.asarray(dist)[:, -1]
+  hist = np.asarray(topk.hamming_histogram(qp, db_packed, backend=backend))
+  cum = np.cumsum(hist, axis=1)
+  # Items at distance <= the k-th: the top k plus the rest of the boundary
+  # tie group. The first `need` of the exact ranking are exactly those.
+  need = cum[np.arange(nq), kth]
+  order = np.argsort(need, kind="stable")
+  start = 0
+  while start < nq:
+    # Queries of similar `need` together, within the memory budget.
+    m = int(need[order[start]])
+    rows = max(1, _BUDGET // max(m * num_bits, 1))
+    chunk = order[start:start + rows]
+    # Power-of-two k (capped at n): a few kernel shapes, not one per query.
+    m = min(n, 1 << (int(need[chunk].max()) - 1).bit_length())
+    cd, ci = topk.hamming_topk(qp[chunk], db_packed, m, backend=backend)
+    cd, ci = np.asarray(cd), np.asarray(ci).astype(np.int64)
+    for r, qi in enumerate(chunk):
+      c = int(need[qi])
+      d, i = cd[r, :c], ci[r, :c]
+      asym = asymmetric_distance(q_codes[qi], db_packed[i], num_bits)
+      pick = np.lexsort((keys[i], asym, d))[:k]
+      out_d[qi], out_i[qi] = d[pick], i[pick]
+      out_g[qi] = hist[qi, d[pick]]
+    start += len(chunk)
+  return out_d, out_i, out_g
+
+
+def rerank_reference(query_codes, db_packed, k: int, *, keys: np.ndarray):
+  """Brute force over the whole database (the test oracle): every item's
+  (Hamming distance, asymmetric distance, key), sorted, first k."""
+  q_codes = np.asarray(query_codes, np.float32)
+  num_bits = q_codes.shape[1]
+  db_bits = np.asarray(packing.unpack_codes(db_packed, num_bits), np.float64)
+  q_bits = np.where(q_codes >= 0, 1.0, -1.0)
+  out = []
+  for q, qb in zip(q_codes, q_bits):
+    ham = np.sum(db_bits != qb, axis=1).astype(np.int64)
+    asym = -(db_bits @ np.asarray(q, np.float64))
+    rows = sorted(range(len(ham)), key=lambda i: (ham[i], asym[i], keys[i]))
+    rows = rows[:k]
+    out.append([(int(ham[i]), int(i), int(np.sum(ham == ham[i])))
+                for i in rows])
+  return out

@@ -1,0 +1,388 @@
+"""A trained run (workdir or exported bundle) opened for encoding and search.
+
+The interface the CLI (`--mode=encode|search|export`) and the HTTP server
+(`medhash_jax.serve`) call; it needs no training data and no --config:
+
+    from medhash_jax import systems
+    r = systems.open_run(path)        # a trained workdir or a bundle folder
+    r.info                            # dict: method, num_bits, num_cases,
+                                      # dataset, class_names, image_size,
+                                      # channels, format, version, model_step
+    codes = r.encode_images(images)   # list of uint8 (H, W, C) -> float32 (n, K)
+                                      # (ATH makes each Grad-CAM local view)
+    hits = r.search(codes, k=10)      # per query, a list of hit dicts:
+        # {"rank": 1.., "id": case id (str), "distance": Hamming (int),
+        #  "tie_group": how many cases share that distance to the query,
+        #  "name": str, "labels": [class names], "path": str}
+        # ties re-ranked (retrieval/rerank.py); ValueError naming k when
+        # k < 1 or k > number of cases
+    r.case(case_id)      # {"id", "name", "labels", "path"}; KeyError if unknown
+    r.thumbnail(case_id) # PNG bytes (<= 96 px); KeyError if unknown
+    r.add_cases(images, ids, labels)  # encode + append + persist; ValueError
+                                      # on a duplicate id or unknown class
+    r.explain(image)     # PNG of the Grad-CAM overlay (ATH), None otherwise
+    r.export(out_dir)    # a portable bundle of the current state
+
+Thread safety: the searchable state is an immutable `_Snapshot`; `add_cases`
+builds a new one, persists it, then swaps the reference under a lock, so a
+concurrent `search` sees either the old or the new database, never a torn
+one. Encoding is a jitted function of fixed-size padded batches (power-of-two
+buckets up to 64: a handful of compiles, none per request).
+
+Persistence of added cases: one file, `added_cases.npz` in the run folder
+(packed codes, ids, names, labels, paths, thumbnails of every case added so
+far), written to a temporary name, fsynced and renamed. The training-time
+index and metadata are never rewritten, so a crash leaves the old files
+intact and each added case either fully present or absent.
+"""
+
+import io
+import os
+import threading
+from typing import Any, Dict, List, Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from medhash_jax import data as data_lib
+from medhash_jax.retrieval import pack_codes
+from medhash_jax.retrieval import rerank
+from medhash_jax.systems import bundle as bundle_lib
+from medhash_jax.train import run_files
+
+_MAX_BUCKET = 64
+
+
+class _Snapshot:
+  """The searchable database: immutable once built (arrays read-only)."""
+
+  def __init__(self, packed, ids, names, labels, paths, thumbs, seed: int,
+               keys=None):
+    self.packed = np.ascontiguousarray(packed, np.uint32)
+    self.ids = np.asarray(ids).astype(str)
+    self.names = np.asarray(names).astype(str)
+    self.labels = np.asarray(labels, np.float32)
+    self.paths = np.asarray(paths).astype(str)
+    self.thumbs = tuple(thumbs)
+    self.keys = rerank.tie_keys(self.ids, seed) if keys is None else keys
+    for a in (self.packed, self.ids, self.names, self.labels, self.paths,
+              self.keys):
+      a.setflags(write=False)
+    self.pos = {str(i): j for j, i in enumerate(self.ids)}
+    if len(self.pos) != len(self.ids):
+      raise bundle_lib.BundleError("the database has duplicate case ids")
+
+  def __len__(self):
+    return self.packed.shape[0]
+
+  def extended(self, packed, ids, names, labels, paths, thumbs, seed):
+    new_keys = rerank.tie_keys(np.asarray(ids).astype(str), seed)
+    return _Snapshot(np.concatenate([self.packed, packed]),
+                     np.concatenate([self.ids, np.asarray(ids).astype(str)]),
+                     np.concatenate([self.names, np.asarray(names).astype(str)]),
+                     np.concatenate([self.labels, labels]),
+                     np.concatenate([self.paths, np.asarray(paths).astype(str)]),
+                     self.thumbs + tuple(thumbs), seed,
+                     keys=np.concatenate([self.keys, new_keys]))
+
+
+def _placeholder_png() -> bytes:
+  out = io.BytesIO()
+  Image.new("L", (8, 8), 128).save(out, format="PNG")
+  return out.getvalue()
+
+
+class Retriever:
+  """See the module docstring. Build with `open_run(path)`."""
+
+  def __init__(self, parts: bundle_lib.RunParts):
+    from medhash_jax.train import task as task_lib  # pylint: disable=g-import-not-at-top
+    self.root = parts.root
+    self.kind = parts.kind
+    self.record = dict(parts.record)
+    self.config = ml_collections.ConfigDict(parts.config)
+    rec = self.record
+    self.num_bits = int(rec["num_bits"])
+    self.class_names = [str(c) for c in rec["class_names"]]
+    self.two_view = bool(rec["two_view"])
+    pre = rec["preprocessing"]
+    self.pre = data_lib.Preprocessor(
+        image_size=int(pre["image_size"]), channels=int(pre["channels"]),
+        normalize=str(pre["normalize"]), augment=None)
+    self.task = task_lib.build_task(
+        self.config, num_classes=int(rec["num_classes"]),
+        multi_label=bool(rec["multi_label"]), two_view=self.two_view)
+    self.variables = jax.tree.map(np.asarray, parts.variables)
+    self._device_vars = jax.device_put(self.variables)
+    self._encode = jax.jit(self.task.encode)
+    self._seed = int(rec.get("tie_seed", 0))
+    self._classifier = parts.classifier
+    self._views = None
+    if self.two_view:
+      if parts.classifier is None:
+        raise bundle_lib.BundleError(
+            f"{self.root}: a two-view (ATH) run without its classifier")
+      self._views = _local_views(parts.classifier, rec["ath"], rec)
+    self._lock = threading.Lock()
+    base = _Snapshot(parts.packed, parts.ids, parts.names, parts.labels,
+                     parts.paths, parts.thumbs, self._seed)
+    self._base_count = len(base)
+    self._snap = self._with_added(base)
+
+  # -- description ------------------------------------------------------------
+
+  @property
+  def info(self) -> Dict[str, Any]:
+    rec = self.record
+    return {"method": rec["method"], "num_bits": self.num_bits,
+            "num_cases": len(self._snap), "dataset": rec["dataset"],
+            "class_names": list(self.class_names),
+            "image_size": int(rec["preprocessing"]["image_size"]),
+            "channels": int(rec["preprocessing"]["channels"]),
+            "normalize": rec["preprocessing"]["normalize"],
+            "format": bundle_lib.FORMAT if self.kind == "bundle"
+                      else run_files.RECORD_FORMAT,
+            "version": bundle_lib.VERSION if self.kind == "bundle"
+                       else int(rec["version"]),
+            "kind": self.kind, "model_step": int(rec["model_step"]),
+            "two_view": self.two_view, "explain": self.two_view,
+            "path": self.root}
+
+  # -- encoding ------------------------------------------------------------------
+
+  def _check_images(self, images) -> List[np.ndarray]:
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+      images = list(images)
+    out = []
+    for j, img in enumerate(images):
+      img = np.asarray(img)
+      if img.ndim == 2:
+        img = img[..., None]
+      if img.ndim != 3 or img.dtype != np.uint8 or img.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"image {j}: expected uint8 (H, W, C) with C in "
+                         f"1, 3, 4; got {img.dtype} {img.shape}")
+      if img.shape[-1] == 4:
+        img = img[..., :3]
+      out.append(img)
+    return out
+
+  def encode_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    """Real-valued codes float32 (n, K) of uint8 (H, W, C) images."""
+    images = self._check_images(images)
+    n = len(images)
+    if n == 0:
+      return np.zeros((0, self.num_bits), np.float32)
+    local = None
+    if self._views is not None:
+      local = [v for v, _ in self._views.views(images)]
+    out = []
+    for s in range(0, n, _MAX_BUCKET):
+      chunk = images[s:s + _MAX_BUCKET]
+      b = 1 << max(0, (len(chunk) - 1).bit_length())   # bucket: 1, 2, 4, ...
+      zeros = self.pre.zeros()
+      x = {"image": np.zeros((b,) + zeros.shape, zeros.dtype)}
+      for j, img in enumerate(chunk):
+        x["image"][j] = self.pre(img)
+      if local is not None:
+        x["local_image"] = np.zeros_like(x["image"])
+        for j, img in enumerate(local[s:s + _MAX_BUCKET]):
+          x["local_image"][j] = self.pre(img)
+      codes = self._encode(self._device_vars, x)
+      out.append(np.asarray(jax.device_get(codes), np.float32)[:len(chunk)])
+    return np.concatenate(out)
+
+  # -- search ----------------------------------------------------------------------
+
+  def _labels_of(self, row: np.ndarray) -> List[str]:
+    names = self.class_names
+    return [names[i] if i < len(names) else str(i)
+            for i in np.flatnonzero(np.asarray(row) > 0.5)]
+
+  def search(self, codes: np.ndarray, k: int) -> List[List[Dict[str, Any]]]:
+    """Top k cases per query code, ties re-ranked; see the module docstring."""
+    snap = self._snap  # one consistent database for the whole call
+    codes = np.asarray(codes, np.float32)
+    if codes.ndim == 1:
+      codes = codes[None]
+    if codes.ndim != 2 or codes.shape[1] != self.num_bits:
+      raise ValueError(f"codes must be (n, {self.num_bits}), got "
+                       f"{codes.shape}")
+    n = len(snap)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or \
+        not 1 <= k <= n:
+      raise ValueError(f"k={k!r} must be an integer between 1 and the number "
+                       f"of cases in the database ({n})")
+    dist, pos, group = rerank.rerank_topk(codes, snap.packed, int(k),
+                                          keys=snap.keys)
+    out = []
+    for qd, qp, qg in zip(dist, pos, group):
+      out.append([{"rank": r + 1, "id": str(snap.ids[p]), "distance": int(d),
+                   "tie_group": int(g), "name": str(snap.names[p]),
+                   "labels": self._labels_of(snap.labels[p]),
+                   "path": str(snap.paths[p])}
+                  for r, (d, p, g) in enumerate(zip(qd, qp, qg))])
+    return out
+
+  def case(self, case_id: str) -> Dict[str, Any]:
+    snap = self._snap
+    p = snap.pos[str(case_id)]   # KeyError for an unknown id
+    return {"id": str(snap.ids[p]), "name": str(snap.names[p]),
+            "labels": self._labels_of(snap.labels[p]),
+            "path": str(snap.paths[p])}
+
+  def thumbnail(self, case_id: str) -> bytes:
+    snap = self._snap
+    png = snap.thumbs[snap.pos[str(case_id)]]
+    return png or _placeholder_png()
+
+  # -- appending -------------------------------------------------------------------
+
+  def _added_path(self) -> str:
+    return os.path.join(self.root, bundle_lib.ADDED_FILE)
+
+  def _with_added(self, base: _Snapshot) -> _Snapshot:
+    path = self._added_path()
+    if not os.path.exists(path):
+      return base
+    try:
+      a = dict(np.load(path, allow_pickle=False))
+      packed = a["packed"].astype(np.uint32)
+      thumbs = run_files.unpack_pngs(a["png"], a["offsets"])
+      if int(a["num_bits"]) != self.num_bits or packed.shape[0] != len(a["ids"]):
+        raise ValueError("its codes do not match the run")
+      labels = np.asarray(a["labels"], np.float32).reshape(len(packed), -1)
+      if labels.shape[1] != base.labels.shape[1]:
+        raise ValueError(f"{labels.shape[1]} label columns, the run has "
+                         f"{base.labels.shape[1]}")
+    except Exception as e:  # pylint: disable=broad-except
+      raise bundle_lib.BundleError(f"{path}: unreadable ({e})") from e
+    return base.extended(packed, a["ids"], a["names"], labels, a["paths"],
+                         thumbs, self._seed)
+
+  def _multi_hot(self, labels) -> np.ndarray:
+    out = np.zeros((len(labels), len(self.class_names)), np.float32)
+    index = {c: j for j, c in enumerate(self.class_names)}
+    for r, names in enumerate(labels):
+      names = [names] if isinstance(names, str) else list(names or [])
+      for c in names:
+        if c not in index:
+          raise ValueError(f"case {r}: unknown class {c!r}; the run's classes "
+                           f"are {self.class_names}")
+        out[r, index[c]] = 1.0
+    return out
+
+  def add_cases(self, images: Sequence[np.ndarray], ids: Sequence[str],
+                labels: Optional[Sequence[Sequence[str]]] = None,
+                names: Optional[Sequence[str]] = None) -> int:
+    """Encodes and appends cases; persisted before they become searchable.
+
+    Args:
+      images: uint8 (H, W, C) arrays.
+      ids: a new, unique case id per image.
+      labels: per case a list of class names (or None: unlabelled).
+      names: optional display names (default: the id).
+
+    Returns:
+      The number of cases in the database afterwards.
+    """
+    images = self._check_images(images)
+    ids = [str(i) for i in ids]
+    labels = [[]] * len(ids) if labels is None else list(labels)
+    names = list(ids) if names is None else [str(x) for x in names]
+    if not len(images) == len(ids) == len(labels) == len(names):
+      raise ValueError(f"{len(images)} images, {len(ids)} ids, {len(labels)} "
+                       f"labels and {len(names)} names: give one per case")
+    if any(not i for i in ids):
+      raise ValueError("case ids must be non-empty strings")
+    if len(set(ids)) != len(ids):
+      raise ValueError("duplicate case id within the call: " + ", ".join(
+          sorted({i for i in ids if ids.count(i) > 1})))
+    multi_hot = self._multi_hot(labels)
+    codes = self.encode_images(images)   # outside the lock: the slow part
+    packed = np.asarray(pack_codes(codes), np.uint32)
+    thumbs = [run_files.thumbnail_png(img) for img in images]
+    with self._lock:
+      snap = self._snap
+      taken = [i for i in ids if i in snap.pos]
+      if taken:
+        raise ValueError(f"case id(s) already in the database: {taken[:10]}")
+      new = snap.extended(packed, ids, names, multi_hot, [""] * len(ids),
+                          thumbs, self._seed)
+      self._persist_added(new)
+      self._snap = new
+    return len(new)
+
+  def _persist_added(self, snap: _Snapshot):
+    b = self._base_count
+    run_files.atomic_savez(
+        self._added_path(), packed=snap.packed[b:], ids=snap.ids[b:],
+        names=snap.names[b:], labels=snap.labels[b:], paths=snap.paths[b:],
+        num_bits=np.int64(self.num_bits), **run_files.pack_pngs(
+            list(snap.thumbs[b:])))
+
+  # -- explanations and export -------------------------------------------------------
+
+  def explain(self, image: np.ndarray) -> Optional[bytes]:
+    """PNG of the Grad-CAM heat map + Otsu outline (ATH), else None."""
+    if self._views is None:
+      return None
+    from medhash_jax import cam  # pylint: disable=g-import-not-at-top
+    img = self._check_images([image])[0]
+    v = self._views
+    x = np.zeros((v.batch_size,) + v.pre.zeros().shape, v.pre.zeros().dtype)
+    x[0] = v.pre(img)
+    heat = np.asarray(v._cam_fn(x, None))[0]  # pylint: disable=protected-access
+    mask = np.asarray(cam.otsu.otsu_mask(heat[None]))[0]
+    shown = v.pre.geometry(img, None)
+    out = io.BytesIO()
+    Image.fromarray(cam.overlay.overlay_image(shown, heat, mask)).save(
+        out, format="PNG")
+    return out.getvalue()
+
+  def parts(self) -> bundle_lib.RunParts:
+    """The current state (added cases included) as RunParts."""
+    snap = self._snap
+    return bundle_lib.RunParts(
+        root=self.root, kind=self.kind, config=self.config.to_dict(),
+        record=self.record, variables=self.variables, packed=snap.packed,
+        ids=snap.ids, names=snap.names, labels=snap.labels, paths=snap.paths,
+        thumbs=list(snap.thumbs), classifier=self._classifier)
+
+  def export(self, out_dir: str) -> Dict[str, Any]:
+    """A portable bundle at out_dir (which must not exist); its manifest."""
+    return bundle_lib.write_bundle(self.parts(), out_dir)
+
+
+def _local_views(classifier: Dict[str, Any], ath: Dict[str, Any], rec):
+  """ATH's query-time local views from the stored classifier."""
+  from medhash_jax import cam  # pylint: disable=g-import-not-at-top
+  from medhash_jax import models  # pylint: disable=g-import-not-at-top
+  from medhash_jax.systems import ath as ath_lib  # pylint: disable=g-import-not-at-top
+  crec = classifier["record"]
+  model = models.get_model(crec["model"], num_classes=int(crec["num_classes"]),
+                           **dict(crec["kwargs"]))
+
+  class _Views(ath_lib.FileLocalViews):
+    """FileLocalViews built from stored parts instead of a stage folder."""
+
+    def __init__(self):  # pylint: disable=super-init-not-called
+      self.mode = str(ath["cam_mode"])
+      self.margin = float(ath["mask_margin"])
+      self.batch_size = 8
+      self.size = int(crec["image_size"])
+      pre = rec["preprocessing"]
+      self.pre = data_lib.Preprocessor(
+          image_size=self.size, channels=int(pre["channels"]),
+          normalize=str(pre["normalize"]), augment=None)
+      self._cam_fn = cam.make_cam_fn(
+          model, classifier["variables"], mode=self.mode,
+          multi_label=bool(ath["multi_label"]), apply_kwargs={"train": False})
+
+  return _Views()
+
+
+def open_run(path: str) -> Retriever:
+  """A Retriever over a trained workdir or an exported bundle."""
+  return Retriever(bundle_lib.load(path))
