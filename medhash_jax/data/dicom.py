@@ -10,7 +10,7 @@ What `decode_dicom` applies, in the order of the DICOM grayscale pipeline
 
   1. stored values -> modality values: RescaleSlope / RescaleIntercept (or a
      Modality LUT sequence), through pydicom's `apply_modality_lut`;
-  2. VOI: a VOI LUT sequence (pydicom's `apply_voi_lut`), else the first
+  2. VOI: the first VOI LUT of a VOI LUT sequence, else the first
      WindowCenter / WindowWidth (`window`: LINEAR, LINEAR_EXACT or SIGMOID,
      PS3.3 C.11.2.1.2); without either, the image's own min..max;
   3. MONOCHROME1 (low values shown bright) inverted, so every output is
@@ -76,7 +76,7 @@ def decode_dicom(source: Union[str, bytes, BinaryIO]) -> np.ndarray:
       transfer syntax with no installed decoder (named).
   """
   pydicom = _pydicom()
-  from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa  pylint: disable=g-import-not-at-top
+  from pydicom.pixels import apply_modality_lut  # pylint: disable=g-import-not-at-top
   if isinstance(source, (bytes, bytearray, memoryview)):
     source = io.BytesIO(bytes(source))
   try:
@@ -85,16 +85,12 @@ def decode_dicom(source: Union[str, bytes, BinaryIO]) -> np.ndarray:
     raise DicomError(f"not a readable DICOM file ({e})") from e
   if "PixelData" not in ds:
     raise DicomError("the DICOM file holds no pixel data")
-  syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds else None
+  meta = getattr(ds, "file_meta", None)
+  syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+  if syntax is not None and syntax.is_compressed:
+    _check_decoder(syntax)
   try:
     arr = ds.pixel_array
-  except (NotImplementedError, RuntimeError) as e:
-    name = getattr(syntax, "name", str(syntax))
-    raise DicomError(
-        f"the DICOM transfer syntax {name} ({syntax}) is compressed and no "
-        f"installed decoder can read it ({e}); install a pydicom pixel-data "
-        "plugin for it (e.g. pylibjpeg, python-gdcm) or send it uncompressed"
-    ) from e
   except Exception as e:  # pylint: disable=broad-except
     # Truncated or inconsistent pixel data (pydicom raises ValueError etc.).
     raise DicomError(f"cannot read the DICOM pixel data ({e})") from e
@@ -115,9 +111,7 @@ def decode_dicom(source: Union[str, bytes, BinaryIO]) -> np.ndarray:
                      "supported (MONOCHROME1, MONOCHROME2 or RGB/YBR)")
   values = apply_modality_lut(arr, ds).astype(np.float64)
   if "VOILUTSequence" in ds:
-    item = ds.VOILUTSequence[0]
-    shown = apply_voi_lut(values, ds, index=0).astype(np.float64)
-    out = _to_uint8(shown, 0.0, float(2 ** int(item.LUTDescriptor[2]) - 1))
+    out = _voi_lut(values, ds.VOILUTSequence[0])
   elif "WindowCenter" in ds and "WindowWidth" in ds:
     out = window(values, _first(ds.WindowCenter), _first(ds.WindowWidth),
                  str(ds.get("VOILUTFunction", "LINEAR")).upper())
@@ -126,6 +120,22 @@ def decode_dicom(source: Union[str, bytes, BinaryIO]) -> np.ndarray:
   if photometric == "MONOCHROME1":
     out = 255 - out  # low values are shown bright
   return out[..., None]
+
+
+def _voi_lut(values: np.ndarray, item) -> np.ndarray:
+  """A VOI LUT item (PS3.3 C.11.2.1.1): values below the first mapped one
+  take the first entry, above the last the last entry; the output range is
+  0..2^bits-1 (LUTDescriptor = [entries (0 = 65536), first mapped, bits])."""
+  n, first, bits = (int(v) for v in item.LUTDescriptor)
+  n = n or 65536
+  data = item.LUTData
+  if isinstance(data, (bytes, bytearray)):
+    table = np.frombuffer(data, "<u2" if bits > 8 or len(data) == 2 * n
+                          else np.uint8)[:n]
+  else:
+    table = np.asarray(data, np.int64)[:n]
+  idx = np.clip(np.rint(values).astype(np.int64) - first, 0, len(table) - 1)
+  return _to_uint8(table[idx], 0.0, float(2 ** bits - 1))
 
 
 def _first(value) -> float:
@@ -158,6 +168,23 @@ def window(values: np.ndarray, center: float, width: float,
     raise DicomError(f"VOILUTFunction {function!r} is not one of LINEAR, "
                      "LINEAR_EXACT, SIGMOID")
   return np.clip(y + 0.5, 0, 255).astype(np.uint8)
+
+
+def _check_decoder(syntax):
+  """A compressed transfer syntax with no installed decoder plugin: say which
+  syntax and what would decode it, before pydicom's generic failure."""
+  try:
+    from pydicom.pixels import get_decoder  # pylint: disable=g-import-not-at-top
+    decoder = get_decoder(syntax)
+  except (NotImplementedError, ValueError) as e:
+    raise DicomError(f"the DICOM transfer syntax {syntax.name} ({syntax}) is "
+                     f"not supported by pydicom ({e})") from e
+  if not decoder.is_available:
+    missing = "; ".join(decoder.missing_dependencies) or "a pixel-data plugin"
+    raise DicomError(
+        f"the DICOM transfer syntax {syntax.name} ({syntax}) is compressed "
+        f"and no installed decoder reads it (install one of: {missing}), or "
+        "send the image uncompressed")
 
 
 def read_dicom_file(path: str) -> np.ndarray:
