@@ -14,7 +14,14 @@ COVID_DIR = os.path.join("covid19_radiography", "COVID-19_Radiography_Dataset")
 
 
 def staged_xray(data_dir: str, cls: str = "COVID", number: int = 1) -> str:
-  return os.path.join(data_dir, COVID_DIR, cls, f"{cls}-{number}.png")
+  """The staged `{cls}-{number}.png`, else the number-th file of the class
+  folder (the Normal images are a sample: not every number exists)."""
+  d = os.path.join(data_dir, COVID_DIR, cls)
+  p = os.path.join(d, f"{cls}-{number}.png")
+  if os.path.exists(p) or not os.path.isdir(d):
+    return p
+  files = sorted(os.listdir(d), key=lambda f: (len(f), f))
+  return os.path.join(d, files[number % len(files)])
 
 
 def read_png(path: str) -> np.ndarray:
