@@ -56,8 +56,8 @@ def env() -> dict:
 def train_run(data_dir: str, workdir: str, *, image_size: int = 32,
               per_class: int = PER_CLASS, timeout: float = 600) -> str:
   """Trains the fixture run into workdir (reused when already trained)."""
-  if os.path.exists(os.path.join(workdir, "inference.json")):
-    return workdir
+  if os.path.exists(os.path.join(workdir, "run", "inference.json")):
+    return os.path.join(workdir, "run")
   covid = os.path.join(data_dir, COVID)
   os.makedirs(workdir, exist_ok=True)
   csv_path = os.path.join(workdir, "subset.csv")
