@@ -1,7 +1,16 @@
-r"""Command line: train, evaluate, encode and search.
+r"""Command line: train, evaluate, encode, search and export.
 
   python -m medhash_jax.main --config=configs/dpsh.py[:smoke] --workdir=DIR \
-      [--config.key=value ...] [--mode=train|evaluate|encode|search]
+      [--config.key=value ...]                      # train (the default mode)
+  python -m medhash_jax.main --workdir=DIR --mode=search --input=IMAGES [--k=10]
+  python -m medhash_jax.main --workdir=DIR --mode=encode --input=IMAGES
+  python -m medhash_jax.main --workdir=DIR --mode=export --output=BUNDLE
+  python -m medhash_jax.main --workdir=DIR --mode=evaluate [--set=data.root=...]
+
+After training, --config is optional: the run's saved config is used; a given
+--config (or --set) may change operational and training keys only
+(`train/inference.py`). search and encode --input need no training data and
+accept a bundle folder as --workdir.
 
 Multi-process (one process per host or per accelerator; launch/README.md):
 jax.distributed starts when the process count is > 1 (flags below or env
@@ -26,20 +35,31 @@ config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/dpsh.py or configs/dpsh.py:smoke.",
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, "
-                    "results.json, index).")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "encode", "search"],
+                    "results.json, index); search/encode: also a bundle.")
+flags.DEFINE_enum("mode", "train",
+                  ["train", "evaluate", "encode", "search", "export"],
                   "train: train, then evaluate on test; evaluate: a trained "
-                  "workdir; encode: images to an index file; search: query "
-                  "images against an index.")
+                  "workdir again; encode: images to an index file; search: "
+                  "query images against the run's database; export: a "
+                  "portable bundle (--output=DIR).")
+flags.DEFINE_multi_string("set", [], "evaluate/encode/search: key=value on "
+                          "the run's saved config (operational or training "
+                          "keys only), e.g. --set=data.root=/new/place.")
+flags.DEFINE_bool("skip_bad", False, "encode/search: skip unreadable --input "
+                  "files (listed in the output and the log) instead of "
+                  "failing on the first.")
+flags.DEFINE_string("gallery", "", "search: also write an HTML page of each "
+                    "query and its hits (a new file).")
 flags.DEFINE_string("input", "", "encode/search: an image, a folder of images "
                     "or a .txt list of paths (encode: empty = --split).")
 flags.DEFINE_string("split", "database", "encode without --input: the split "
                     "of the configured dataset to encode.")
 flags.DEFINE_string("output", "", "encode: index file (default "
                     "WORKDIR/encoded.mhi); search: JSON (default "
-                    "WORKDIR/search.json).")
-flags.DEFINE_string("index", "", "search: index file (default WORKDIR/index.mhi).")
-flags.DEFINE_integer("k", 10, "search: results per query.")
+                    "WORKDIR/search.json); export: the bundle folder. Never "
+                    "overwritten (defaults take the next free name).")
+flags.DEFINE_integer("k", 10, "search: results per query (at most the "
+                     "database size; larger is refused).")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "jax.distributed: auto = only for a multi-process launch "
                   "(process count > 1, or an srun/mpirun step of several "
@@ -66,9 +86,9 @@ flags.DEFINE_bool("log_all_processes", False, "INFO logs on every process "
 
 
 def _summary(results):
-  """Headline numbers (results.json has every metric)."""
-  test = {k: round(v, 4) for k, v in results["metrics"]["test"].items()
-          if "/" not in k and k.startswith(("map@", "ndcg@", "precision@"))}
+  """Headline numbers (results.json has every metric). Tie-aware: what a
+  ranking shown to a user gives, whatever the database order."""
+  test = {k: round(v, 4) for k, v in results.get("headline", {}).items()}
   return json.dumps({
       "method": results["method"], "dataset": results["dataset"],
       "num_bits": results["num_bits"], "train": results["train"],
@@ -101,31 +121,30 @@ def main(argv):
   if not main_process and not FLAGS.log_all_processes:
     absl_logging.set_verbosity(absl_logging.WARNING)
   from medhash_jax import systems  # pylint: disable=g-import-not-at-top
-  from medhash_jax import train  # pylint: disable=g-import-not-at-top
+  from medhash_jax.experiments.suites import parse_setting  # pylint: disable=g-import-not-at-top
+  from medhash_jax.train import inference  # pylint: disable=g-import-not-at-top
   config, workdir = FLAGS.config, FLAGS.workdir
+  settings = [parse_setting(t) for t in FLAGS.set]
   out = print if main_process else (lambda *a: None)
   if FLAGS.mode == "train":
+    if config is None:
+      raise app.UsageError("--mode=train needs --config")
     # Multi-stage systems (ATH) run all their stages; the rest go to train/.
     out(_summary(systems.train_and_evaluate(config, workdir)))
-    return
-  # Two-view systems make the local view of a loose file themselves (ATH:
-  # classifier -> Grad-CAM -> Otsu -> mask-and-crop).
-  local_views = (systems.file_local_views(config, workdir)
-                 if FLAGS.mode in ("encode", "search") and FLAGS.input else None)
-  local_views = local_views.views if local_views is not None else None
-  config = systems.hash_config(config, workdir)
-  if FLAGS.mode == "evaluate":
-    out(_summary(train.evaluate_workdir(config, workdir)))
+  elif FLAGS.mode == "evaluate":
+    out(_summary(inference.evaluate(workdir, config, settings)))
   elif FLAGS.mode == "encode":
-    out(json.dumps(train.encode(config, workdir, input_spec=FLAGS.input,
-                                split=FLAGS.split, output=FLAGS.output,
-                                local_views=local_views)))
+    out(json.dumps(inference.encode(
+        config, workdir, input_spec=FLAGS.input, split=FLAGS.split,
+        output=FLAGS.output, skip_bad=FLAGS.skip_bad, settings=settings)))
+  elif FLAGS.mode == "search":
+    inference.search(config, workdir, input_spec=FLAGS.input, k=FLAGS.k,
+                     output=FLAGS.output, gallery=FLAGS.gallery,
+                     skip_bad=FLAGS.skip_bad, settings=settings, print_fn=out)
   else:
-    train.search(config, workdir, input_spec=FLAGS.input, k=FLAGS.k,
-                 index_path=FLAGS.index, output=FLAGS.output,
-                 local_views=local_views)
+    out(json.dumps(inference.export(workdir, FLAGS.output), indent=1))
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.mark_flags_as_required(["workdir"])
   app.run(main)

@@ -1,28 +1,65 @@
-"""`--mode=encode` and `--mode=search`: codes for images, queries on an index.
+"""The modes after training: evaluate, encode, search, export.
 
-encode: the model selected on val (or the latest checkpoint) encodes a split
-  of the configured dataset, or image files (a file, a folder, or a .txt list
-  of paths), into a HammingIndex file plus a `<index>_meta.npz` side file
-  holding each item's id, path, labels and the class names.
-search: query images -> top-k database items (id, path, distance, labels),
-  printed as a table and written as JSON.
+Every mode reads the run's saved config (`checkpoints/config.json`);
+`--config` is optional. When one is given (or `--set key=value`), keys that
+change the model or the meaning of the data are refused, naming each key
+(`checkpoint.check_config_compatible`, classes from `defaults.KEY_CLASSES`);
+training and operational keys (paths, batch sizes, workers, skip_bad, ...)
+may differ.
+
+encode   `--input` given: image files -> a HammingIndex file + `<name>_meta.npz`
+         (ids, paths), with the run's selected model, no training data needed
+         (`systems.open_run`). No `--input`: a split of the configured data
+         set (`--split`), which needs that data.
+search   query images -> the top k database cases of the run (ties re-ranked,
+         `retrieval/rerank.py`), a short table on stdout, JSON (schema below),
+         optionally an HTML gallery (`--gallery`). Needs only the workdir or a
+         bundle.
+export   a portable bundle of the run (`systems/bundle.py`).
+
+Search JSON (`"schema": "medhash-search/1"`):
+
+    {"schema": "medhash-search/1",
+     "run": {method, num_bits, num_cases, dataset, class_names, model_step, ...},
+     "k": 10,
+     "results": [{"query": "path/of/query.png",
+                  "hits": [{"rank": 1, "id": "case id", "distance": 3,
+                            "tie_group": 41, "name": "...",
+                            "labels": ["Normal"], "path": "..."}, ...]}, ...],
+     "skipped": [{"path": "bad.png", "error": "..."}]}
+
+`distance` is the Hamming distance; `tie_group` the number of database cases
+at that distance from the query (hits of one group are ordered by the
+query's real-valued code, then a seeded order; never by file order).
+
+Outputs are never overwritten: an explicit `--output` that exists is
+refused; the default names (`search.json`, `encoded.mhi`) take the next free
+`_2`, `_3`, ... suffix.
 """
 
+import html
+import base64
 import json
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
+import ml_collections
 import numpy as np
 
 from medhash_jax import data as data_lib
 from medhash_jax.retrieval import HammingIndex
+from medhash_jax.train import checkpoint as ckpt_lib
 from medhash_jax.train import evaluate as eval_lib
 from medhash_jax.train import loop
-from medhash_jax.train import mesh as mesh_lib
 
+SCHEMA = "medhash-search/1"
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+# Above this many queries the table shows one line per query (and at most
+# _TABLE_QUERIES of them); the JSON always has everything.
+_FULL_TABLE_QUERIES = 5
+_TABLE_QUERIES = 20
 
 
 def meta_path(index_path: str) -> str:
@@ -49,149 +86,285 @@ def list_images(spec: str) -> List[str]:
   raise FileNotFoundError(f"--input {spec!r} is not a file, folder or list")
 
 
-class _Loaded:
-  """A trained workdir opened for inference."""
+def read_images(paths: Sequence[str], *, skip_bad: bool = False
+                ) -> Tuple[List[str], List[np.ndarray], List[Dict[str, str]]]:
+  """(kept paths, uint8 images, skipped [{path, error}]).
 
-  def __init__(self, config, workdir: str, local_views=None):
-    self.local_views = local_views
-    self.run = loop.Run(config, workdir, for_training=False)
-    if self.run.ckpt.latest_step() is None and not os.path.isdir(
-        os.path.join(workdir, "best")):
-      raise FileNotFoundError(f"{workdir} holds no trained model")
-    if self.run.ckpt.latest_step() is not None:
-      restored, _ = self.run.ckpt.restore(self.run.state.checkpoint_items())
-      self.run.state = self.run.state.replace_from_checkpoint(restored)
-    items, self.step = self.run.selected_variables()
-    self.variables = self.run.variables_of(items)
-    cfg = config.data
-    self.pre = data_lib.Preprocessor(image_size=cfg.image_size,
-                                     channels=cfg.channels,
-                                     normalize=cfg.normalize, augment=None)
+  A file that cannot be decoded raises (naming it) unless skip_bad, which
+  skips it, logs it and lists it in the third return value.
+  """
+  kept, images, skipped = [], [], []
+  for p in paths:
+    try:
+      img = data_lib.decode_image(p)
+      if img.ndim != 3 or img.dtype != np.uint8:
+        raise ValueError(f"decoded to {img.dtype}{img.shape}, expected uint8 "
+                         "(H, W, C)")
+    except Exception as e:  # pylint: disable=broad-except
+      if not skip_bad:
+        raise ValueError(f"cannot read query image {p}: {e} (--skip_bad "
+                         "skips such files)") from e
+      logging.warning("skipping unreadable image %s: %s", p, e)
+      skipped.append({"path": p, "error": str(e)})
+      continue
+    kept.append(p)
+    images.append(img)
+  return kept, images, skipped
 
-  def encode_files(self, paths: Sequence[str]) -> np.ndarray:
-    """Codes float32 (n, K) of image files, in fixed-shape padded batches."""
-    mesh, bs = self.run.mesh, self.run.eval_batch_size
-    keys = self.run.task.input_keys
-    # Every process lists the same files; each decodes only its slice of
-    # every padded global batch (the layout of the eval pipeline).
-    lb, me = bs // jax.process_count(), jax.process_index()
-    two_view = tuple(keys) == ("image", "local_image")
-    if tuple(keys) != ("image",) and not (two_view and self.local_views):
-      raise NotImplementedError(
-          f"encoding loose files needs inputs {keys} and this system gives "
-          "no way to make them from a file (use a configured dataset split)")
-    out = []
-    zeros = self.pre.zeros()
-    for s in range(0, len(paths), bs):
-      chunk = paths[s:s + bs]
-      mine = chunk[me * lb:(me + 1) * lb]
-      decoded = [data_lib.decode_image(p) for p in mine]
-      inputs = {"image": np.zeros((lb,) + zeros.shape, zeros.dtype)}
-      for j, img in enumerate(decoded):
-        inputs["image"][j] = self.pre(img)
-      if two_view:   # the system's local view of each file (ATH: Grad-CAM)
-        inputs["local_image"] = np.zeros_like(inputs["image"])
-        for j, (local, _) in enumerate(self.local_views(decoded)):
-          inputs["local_image"][j] = self.pre(local)
-      codes = self.run.encode_fn(self.variables,
-                                 mesh_lib.shard_batch(inputs, mesh))
-      # Replicated output: every process reads the whole global batch.
-      out.append(np.asarray(jax.device_get(codes))[:len(chunk)])
-    return np.concatenate(out).astype(np.float32)
+
+def free_output(path: str, default: str) -> str:
+  """`path` if given (refused when it exists), else the first free variant
+  of `default` (name, name_2, name_3, ...)."""
+  if path:
+    if os.path.exists(path):
+      raise FileExistsError(f"{path} exists; choose another --output (earlier"
+                            " outputs are never overwritten)")
+    return path
+  stem, ext = os.path.splitext(default)
+  n, out = 1, default
+  while os.path.exists(out) or os.path.exists(meta_path(out)):
+    n += 1
+    out = f"{stem}_{n}{ext}"
+  return out
+
+
+# -- config --------------------------------------------------------------------
+
+
+def run_config(workdir: str, config: Optional[ml_collections.ConfigDict] = None,
+               settings: Sequence[Tuple[str, Any]] = ()
+               ) -> ml_collections.ConfigDict:
+  """The run's saved config, with the caller's allowed changes applied.
+
+  Args:
+    workdir: a trained run.
+    config: an optional full config (--config); refused where it differs
+      from the run in a model key. Multi-stage (ATH) configs are mapped to
+      their hashing stage first.
+    settings: (dotted key, value) pairs (--set) applied on top.
+
+  Raises:
+    ConfigMismatchError: naming every model key that differs.
+  """
+  saved = ckpt_lib.read_saved_config(workdir)
+  if saved is None:
+    raise FileNotFoundError(f"{workdir} is not a trained run (no "
+                            f"checkpoints/{ckpt_lib.CONFIG_FILE})")
+  if config is not None:
+    from medhash_jax import systems  # pylint: disable=g-import-not-at-top
+    wanted = systems.hash_config(config, workdir).to_dict()
+  else:
+    wanted = json.loads(json.dumps(saved))
+  c = ml_collections.ConfigDict(wanted)
+  for key, value in settings:
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      if p not in node:
+        raise KeyError(f"--set {key}: the config has no {p!r}")
+      node = node[p]
+    if last not in node:
+      raise KeyError(f"--set {key}: the config has no {last!r}")
+    node[last] = value
+  ckpt_lib.check_config_compatible(saved, c.to_dict(), workdir,
+                                   changeable=ckpt_lib.INFERENCE)
+  c.lock()
+  return c
+
+
+# -- modes ---------------------------------------------------------------------
+
+
+def evaluate(workdir: str, config=None, settings=()) -> Dict[str, Any]:
+  """`--mode=evaluate`: the final evaluation again (needs the data set)."""
+  return loop.evaluate_workdir(run_config(workdir, config, settings), workdir)
 
 
 def encode(config, workdir: str, *, input_spec: str = "", split: str = "database",
-           output: str = "", local_views=None) -> Dict[str, Any]:
-  """Writes an index (+ meta) of a split or of image files; returns a summary."""
-  loaded = _Loaded(config, workdir, local_views)
-  output = output or os.path.join(workdir, "encoded.mhi")
-  index = HammingIndex(config.num_bits)
+           output: str = "", local_views=None, skip_bad: bool = False,
+           settings=()) -> Dict[str, Any]:
+  """Writes an index (+ meta) of image files or of a split; a summary.
+
+  With `input_spec` only the run is read (`systems.open_run`; `config` may be
+  None, and when given is only checked). Without, the configured data set's
+  `split` is encoded (that needs the data).
+  """
+  del local_views  # the run makes them itself (ATH)
+  from medhash_jax import systems  # pylint: disable=g-import-not-at-top
   if input_spec:
-    paths = list_images(input_spec)
-    codes = loaded.encode_files(paths)
-    meta = dict(ids=np.asarray([os.path.basename(p) for p in paths]),
-                paths=np.asarray(paths), labels=np.zeros((len(paths), 0),
-                                                          np.float32),
-                class_names=np.asarray([], str))
+    if config is not None or settings:
+      run_config(workdir, config, settings)      # refuse model-key changes
+    r = systems.open_run(workdir)
+    paths, images, skipped = read_images(list_images(input_spec),
+                                         skip_bad=skip_bad)
+    codes = r.encode_images(images)
+    meta = dict(ids=np.asarray([os.path.basename(p) for p in paths], str),
+                paths=np.asarray(paths, str),
+                labels=np.zeros((len(paths), 0), np.float32),
+                class_names=np.asarray(r.class_names, str))
+    step, num_bits = r.info["model_step"], r.num_bits
   else:
-    ds = loaded.run.ds.eval[split]
-    codes, _ = eval_lib.encode_split(loaded.run.encode_fn, loaded.variables, ds,
-                                     loaded.run.mesh,
-                                     input_keys=loaded.run.task.input_keys)
-    src = loaded.run.ds.source
+    cfg = run_config(workdir, config, settings)
+    run = loop.Run(cfg, workdir, for_training=False)
+    items, step = run.selected_variables()
+    variables = run.variables_of(items)
+    ds = run.ds.eval[split]
+    codes, _ = eval_lib.encode_split(run.encode_fn, variables, ds, run.mesh,
+                                     input_keys=run.task.input_keys)
+    src = run.ds.source
     paths = (np.asarray(src.paths)[ds.indices] if hasattr(src, "paths")
              else np.asarray([""] * ds.size))
     meta = dict(ids=np.asarray(ds.ids).astype(str), paths=paths.astype(str),
                 labels=ds.labels,
-                class_names=np.asarray(loaded.run.ds.class_names).astype(str))
+                class_names=np.asarray(run.ds.class_names).astype(str))
+    num_bits, skipped = int(cfg.num_bits), []
+  index = HammingIndex(num_bits)
   index.add(codes)
+  output = free_output(output, os.path.join(workdir, "encoded.mhi"))
   if jax.process_index() == 0:
     index.save(output)
     np.savez(meta_path(output), **meta)
   logging.info("encoded %d items with the model of step %d -> %s", len(index),
-               loaded.step, output)
-  return {"index_file": output, "count": len(index), "num_bits": index.num_bits,
-          "model_step": loaded.step}
-
-
-def _label_text(row: np.ndarray, class_names: np.ndarray) -> str:
-  if row.size == 0:
-    return ""
-  on = np.flatnonzero(row > 0.5)
-  if class_names.size:
-    return "|".join(str(class_names[i]) for i in on)
-  return "|".join(str(i) for i in on)
+               step, output)
+  return {"index_file": output, "count": len(index), "num_bits": num_bits,
+          "model_step": step, "skipped": skipped}
 
 
 def search(config, workdir: str, *, input_spec: str, k: int = 10,
-           index_path: str = "", output: str = "", local_views=None
+           output: str = "", gallery: str = "", skip_bad: bool = False,
+           settings=(), local_views=None, print_fn=print
            ) -> List[Dict[str, Any]]:
-  """Top-k database items for each query image; prints a table, writes JSON."""
+  """Top-k database cases per query image: table, JSON, optional gallery.
+
+  Args:
+    config: None (the run's own), or a config to check against the run.
+    workdir: a trained workdir or an exported bundle.
+    input_spec: an image, a folder of images or a .txt list of paths.
+    k: hits per query; refused (ValueError naming it) when larger than the
+      database, never clamped.
+    output: the JSON file (default WORKDIR/search.json, next free name).
+    gallery: optional .html file: each query with its hits' thumbnails.
+    skip_bad: skip unreadable query files (listed in the JSON and the log)
+      instead of failing on the first.
+
+  Returns:
+    The JSON's "results": per query {"query", "hits"}.
+  """
+  del local_views
+  from medhash_jax import systems  # pylint: disable=g-import-not-at-top
   if not input_spec:
     raise ValueError("--mode=search needs --input (query image, folder or list)")
-  index_path = index_path or os.path.join(workdir, loop.INDEX_FILE)
-  index = HammingIndex.load(index_path)
-  if index.num_bits != config.num_bits:
-    raise ValueError(f"{index_path} holds {index.num_bits}-bit codes but the "
-                     f"config has num_bits={config.num_bits}")
-  meta = (dict(np.load(meta_path(index_path), allow_pickle=False))
-          if os.path.exists(meta_path(index_path)) else {})
-  loaded = _Loaded(config, workdir, local_views)
-  paths = list_images(input_spec)
-  codes = loaded.encode_files(paths)
-  dist, ids = index.search(codes, min(k, len(index)))
-  db_ids = meta.get("ids")
-  db_paths = meta.get("paths")
-  labels = meta.get("labels")
-  names = meta.get("class_names", np.asarray([], str))
-  results = []
-  for qi, qpath in enumerate(paths):
-    hits = []
-    for rank, (d, i) in enumerate(zip(dist[qi], ids[qi]), 1):
-      hit = {"rank": rank, "id": int(i), "distance": int(d)}
-      if db_ids is not None and i < len(db_ids):
-        hit["name"] = str(db_ids[i])
-        if db_paths is not None and len(db_paths) == len(db_ids):
-          hit["path"] = str(db_paths[i])
-        if labels is not None and labels.shape[1]:
-          hit["labels"] = _label_text(labels[i], names)
-      hits.append(hit)
-    results.append({"query": qpath, "hits": hits})
-  _print_table(results)
-  output = output or os.path.join(workdir, "search.json")
+  if (config is not None or settings) and not _is_bundle(workdir):
+    run_config(workdir, config, settings)
+  r = systems.open_run(workdir)
+  n = r.info["num_cases"]
+  if isinstance(k, bool) or not 1 <= int(k) <= n:
+    raise ValueError(f"--k={k}: the database of {workdir} holds {n} cases; "
+                     f"choose 1 <= k <= {n}")
+  out_path = free_output(output, os.path.join(workdir, "search.json"))
+  gallery_path = free_output(gallery, "") if gallery else ""
+  paths, images, skipped = read_images(list_images(input_spec),
+                                       skip_bad=skip_bad)
+  hits = r.search(r.encode_images(images), int(k)) if images else []
+  results = [{"query": p, "hits": h} for p, h in zip(paths, hits)]
+  doc = {"schema": SCHEMA, "run": _run_info(r), "k": int(k),
+         "results": results, "skipped": skipped}
   if jax.process_index() == 0:
-    with open(output, "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=2)
+    loop._write_json(out_path, doc)  # pylint: disable=protected-access
+    if gallery_path:
+      write_gallery(gallery_path, r, paths, images, results)
+  print_fn(format_table(results, skipped, out_path))
   return results
 
 
-def _print_table(results):
-  header = f"{'query':<32} {'rank':>4} {'dist':>4} {'id':>7}  {'name':<28} labels"
-  print(header)
-  print("-" * len(header))
-  for r in results:
-    q = os.path.basename(r["query"])[-32:]
-    for h in r["hits"]:
-      print(f"{q:<32} {h['rank']:>4} {h['distance']:>4} {h['id']:>7}  "
-            f"{h.get('name', '')[-28:]:<28} {h.get('labels', '')}")
-      q = ""
+def export(workdir: str, output: str) -> Dict[str, Any]:
+  """`--mode=export --output=DIR`: a bundle of the run (never overwrites)."""
+  from medhash_jax import systems  # pylint: disable=g-import-not-at-top
+  if not output:
+    raise ValueError("--mode=export needs --output=DIR (a new folder)")
+  manifest = systems.open_run(workdir).export(output)
+  return {"bundle": os.path.abspath(output), **manifest["info"],
+          "files": sorted(manifest["files"])}
+
+
+def _is_bundle(path: str) -> bool:
+  from medhash_jax.systems import bundle  # pylint: disable=g-import-not-at-top
+  return bundle.is_bundle(path)
+
+
+def _run_info(r) -> Dict[str, Any]:
+  info = dict(r.info)
+  return {k: info[k] for k in ("method", "num_bits", "num_cases", "dataset",
+                               "class_names", "model_step", "kind", "path")}
+
+
+# -- output ----------------------------------------------------------------------
+
+
+def format_table(results, skipped, out_path: str) -> str:
+  """A few queries: every hit; many: one line per query, the first 20."""
+  lines = []
+  if len(results) <= _FULL_TABLE_QUERIES:
+    header = (f"{'query':<28} {'rank':>4} {'dist':>4} {'tie':>5}  "
+              f"{'id':<24} labels")
+    lines += [header, "-" * len(header)]
+    for r in results:
+      q = os.path.basename(r["query"])[-28:]
+      for h in r["hits"]:
+        lines.append(f"{q:<28} {h['rank']:>4} {h['distance']:>4} "
+                     f"{h['tie_group']:>5}  {h['id'][-24:]:<24} "
+                     f"{'|'.join(h['labels'])}")
+        q = ""
+  else:
+    header = f"{'query':<28} {'top-1 (dist)':<30} labels among the hits"
+    lines += [header, "-" * len(header)]
+    for r in results[:_TABLE_QUERIES]:
+      counts: Dict[str, int] = {}
+      for h in r["hits"]:
+        for lab in h["labels"] or ["(none)"]:
+          counts[lab] = counts.get(lab, 0) + 1
+      top = r["hits"][0]
+      first = f"{top['id'][-24:]} ({top['distance']})"
+      summary = ", ".join(f"{lab} {c}" for lab, c in
+                          sorted(counts.items(), key=lambda t: -t[1]))
+      lines.append(f"{os.path.basename(r['query'])[-28:]:<28} {first:<30} "
+                   f"{summary}")
+    if len(results) > _TABLE_QUERIES:
+      lines.append(f"... and {len(results) - _TABLE_QUERIES} more queries")
+  if skipped:
+    lines.append(f"skipped {len(skipped)} unreadable file(s): " + ", ".join(
+        s["path"] for s in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+  lines.append(f"{len(results)} queries; every hit in {out_path}")
+  return "\n".join(lines)
+
+
+def _data_uri(png: bytes) -> str:
+  return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def write_gallery(path: str, r, paths, images, results, max_queries: int = 50):
+  """A self-contained HTML page: each query, then its hits' thumbnails with
+  rank, distance, tie group and labels."""
+  from medhash_jax.train import run_files  # pylint: disable=g-import-not-at-top
+  esc = html.escape
+  rows = []
+  for p, img, res in list(zip(paths, images, results))[:max_queries]:
+    cells = [f'<figure class="q"><img src="{_data_uri(run_files.thumbnail_png(img))}">'
+             f"<figcaption>{esc(os.path.basename(p))}</figcaption></figure>"]
+    for h in res["hits"]:
+      cells.append(
+          f'<figure><img src="{_data_uri(r.thumbnail(h["id"]))}"><figcaption>'
+          f"#{h['rank']} d={h['distance']} (tie {h['tie_group']})<br>"
+          f"{esc(', '.join(h['labels']))}<br><small>{esc(h['name'])}</small>"
+          "</figcaption></figure>")
+    rows.append('<div class="row">' + "".join(cells) + "</div>")
+  more = (f"<p>{len(results) - max_queries} more queries in the JSON.</p>"
+          if len(results) > max_queries else "")
+  doc = ("<!doctype html><meta charset=utf-8><title>medhash search</title>"
+         "<style>body{font:12px sans-serif}.row{display:flex;gap:6px;"
+         "margin:8px 0}figure{margin:0;width:100px}img{width:96px;height:96px;"
+         "object-fit:contain;background:#eee}.q img{outline:3px solid #1e5adc}"
+         "</style>"
+         f"<h1>{esc(r.info['method'])} · {r.info['num_bits']} bits · "
+         f"{r.info['num_cases']} cases</h1>" + "".join(rows) + more)
+  run_files.atomic_write_bytes(path, doc.encode())

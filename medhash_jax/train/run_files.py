@@ -151,8 +151,11 @@ def write_run_files(workdir: str, config, ds, *, model_step: int,
   src = ds.source
   ids = np.asarray(db.ids).astype(str)
   if hasattr(src, "paths"):
+    # Relative to the data set's folder (or its configured places), so the
+    # record does not carry this machine's mount points.
     paths = relative_paths(np.asarray(src.paths)[db.indices],
-                           [getattr(config.data, "path", ""),
+                           [getattr(src, "dir", ""),
+                            getattr(config.data, "path", ""),
                             getattr(config.data, "root", "")])
   else:
     paths = [""] * len(ids)
