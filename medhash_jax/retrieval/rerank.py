@@ -54,7 +54,13 @@ def tie_keys(ids: Sequence[str], seed: int = 0) -> np.ndarray:
 def asymmetric_distance(query_code: np.ndarray, db_packed: np.ndarray,
                         num_bits: int) -> np.ndarray:
   """-<q, b> (float64) of one real query code against packed codes (n, W)."""
-  b = np.asarray(packing.unpack_codes(db_packed, num_bits), np.float64)
+  # numpy, not packing.unpack_codes: that is a jnp op, and the candidate
+  # count changes with every query, so each call compiled a new XLA program
+  # (~50 ms, most of a served search).
+  p = np.asarray(db_packed, np.uint32)
+  shifts = np.arange(32, dtype=np.uint32)
+  bits = ((p[:, :, None] >> shifts) & np.uint32(1)).reshape(p.shape[0], -1)
+  b = 2.0 * bits[:, :num_bits].astype(np.float64) - 1.0
   return -(b @ np.asarray(query_code, np.float64))
 
 
@@ -108,6 +114,10 @@ def rerank_topk(query_codes, db_packed, k: int, *, keys: np.ndarray,
     rows = max(1, _BUDGET // max(m * num_bits, 1))
     chunk = order[start:start + rows]
     m = int(need[chunk].max())
+    # k of the kernel call rounded up to a power of two: its output shape is
+    # (rows, m), and a new m per query compiled a new program per request
+    # (the first c of a longer exact ranking are the same c items).
+    m = min(n, 1 << max(0, (m - 1).bit_length()))
     cd, ci = topk.hamming_topk(qp[chunk], db_packed, m, backend=backend)
     cd, ci = np.asarray(cd), np.asarray(ci).astype(np.int64)
     for r, qi in enumerate(chunk):
