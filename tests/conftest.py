@@ -30,5 +30,6 @@ def serve_run(data_dir, tmp_path_factory):
   from tests import serve_harness  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(os.path.join(data_dir, serve_harness.COVID)):
     pytest.skip("staged covid19_radiography data missing")
-  return serve_harness.train_run(data_dir,
-                                 str(tmp_path_factory.mktemp("serve_run")))
+  reuse = os.environ.get("MEDHASH_TEST_SERVE_RUN")   # dev: keep one trained
+  return serve_harness.train_run(
+      data_dir, reuse or str(tmp_path_factory.mktemp("serve_run")))
