@@ -51,17 +51,18 @@ def tie_keys(ids: Sequence[str], seed: int = 0) -> np.ndarray:
   return out
 
 
+def _signs(db_packed: np.ndarray, num_bits: int) -> np.ndarray:
+  """Packed uint32 (n, W) -> float64 (n, K) in {-1, +1} (host numpy; bit j
+  in word j // 32 at bit j % 32, as `packing.pack_codes` writes it)."""
+  words = np.ascontiguousarray(db_packed, "<u4")
+  bits = np.unpackbits(words.view(np.uint8), axis=1, bitorder="little")
+  return bits[:, :num_bits].astype(np.float64) * 2.0 - 1.0
+
+
 def asymmetric_distance(query_code: np.ndarray, db_packed: np.ndarray,
                         num_bits: int) -> np.ndarray:
   """-<q, b> (float64) of one real query code against packed codes (n, W)."""
-  # numpy, not packing.unpack_codes: that is a jnp op, and the candidate
-  # count changes with every query, so each call compiled a new XLA program
-  # (~50 ms, most of a served search).
-  p = np.asarray(db_packed, np.uint32)
-  shifts = np.arange(32, dtype=np.uint32)
-  bits = ((p[:, :, None] >> shifts) & np.uint32(1)).reshape(p.shape[0], -1)
-  b = 2.0 * bits[:, :num_bits].astype(np.float64) - 1.0
-  return -(b @ np.asarray(query_code, np.float64))
+  return -(_signs(db_packed, num_bits) @ np.asarray(query_code, np.float64))
 
 
 def rerank_topk(query_codes, db_packed, k: int, *, keys: np.ndarray,
@@ -113,11 +114,8 @@ def rerank_topk(query_codes, db_packed, k: int, *, keys: np.ndarray,
     m = int(need[order[start]])
     rows = max(1, _BUDGET // max(m * num_bits, 1))
     chunk = order[start:start + rows]
-    m = int(need[chunk].max())
-    # k of the kernel call rounded up to a power of two: its output shape is
-    # (rows, m), and a new m per query compiled a new program per request
-    # (the first c of a longer exact ranking are the same c items).
-    m = min(n, 1 << max(0, (m - 1).bit_length()))
+    # Power-of-two k (capped at n): a few kernel shapes, not one per query.
+    m = min(n, 1 << (int(need[chunk].max()) - 1).bit_length())
     cd, ci = topk.hamming_topk(qp[chunk], db_packed, m, backend=backend)
     cd, ci = np.asarray(cd), np.asarray(ci).astype(np.int64)
     for r, qi in enumerate(chunk):
