@@ -97,6 +97,20 @@ def test_page_upload_shows_gallery(browser, server, data_dir, tmp_path):
   assert browser.save_screenshot(str(shot))
   assert shot.stat().st_size > 10_000
   print("screenshot:", shot)
+  # A DICOM query (MONOCHROME1, 12-bit, no extension the browser knows).
+  img = dicom_files.read_png(xray).astype("uint16")
+  dcm = tmp_path / "IM0001.dcm"
+  dcm.write_bytes(dicom_files.dicom_bytes((255 - img) * 16, bits_stored=12,
+                                          photometric="MONOCHROME1",
+                                          modality="DX"))
+  browser.execute_script(
+      "document.getElementById('gallery').dataset.state = 'pending'")
+  browser.find_element(By.ID, "file-input").send_keys(str(dcm))
+  wait.until(lambda d: d.find_element(By.ID, "gallery").get_attribute(
+      "data-state") in ("done", "error"))
+  assert "DICOM" in browser.find_element(By.ID, "status").text
+  assert len(browser.find_elements(By.CSS_SELECTOR, "#gallery li.hit")) == K
+  browser.save_screenshot(str(tmp_path / "page_dicom.png"))
   # A bad file shows an error, not a stale gallery.
   bad = tmp_path / "notes.png"
   bad.write_bytes(b"GIF89a" + b"\0" * 100)

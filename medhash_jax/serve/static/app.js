@@ -31,7 +31,11 @@ function choose(file) {
   chosen = file;
   $("drop-text").textContent = file.name;
   $("search-button").disabled = false;
-  $("query-preview").src = URL.createObjectURL(file);  // DICOM: no preview
+  // Browsers cannot show DICOM: hide the preview when it does not load.
+  const preview = $("query-preview");
+  preview.parentElement.hidden = false;
+  preview.onerror = () => { preview.parentElement.hidden = true; };
+  preview.src = URL.createObjectURL(file);
   $("query-view").hidden = false;
   $("gradcam-figure").hidden = true;
   search();
