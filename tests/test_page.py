@@ -11,6 +11,9 @@ import tempfile
 
 import pytest
 
+pytest.importorskip("starlette", reason="the `serve` extra is not installed")
+pytest.importorskip("uvicorn", reason="the `serve` extra is not installed")
+pytest.importorskip("pydicom", reason="the `serve` extra is not installed")
 webdriver = pytest.importorskip("selenium.webdriver",
                                 reason="selenium (the `test` extra) missing")
 from selenium.webdriver.common.by import By  # noqa: E402
