@@ -448,3 +448,28 @@ def test_kill_during_add_leaves_a_whole_index(serve_run, tmp_path, xray):
       assert r.status_code == 403 and "--token" in r.json()["error"]
   finally:
     s2.stop()
+
+
+def test_serves_an_exported_bundle(serve_run, tmp_path, client, xray):
+  """The server on a bundle (`Retriever.export`) answers like the workdir.
+  Catches: the server reading workdir-only files (checkpoints, the config
+  under checkpoints/) instead of going through systems.open_run."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  bundle = str(tmp_path / "bundle")
+  subprocess.run([sys.executable, "-c",
+                  "import sys; from medhash_jax import systems; "
+                  "systems.open_run(sys.argv[1]).export(sys.argv[2])",
+                  serve_run, bundle], cwd=serve_harness.ROOT,
+                 env=serve_harness.env(), check=True, capture_output=True,
+                 timeout=300)
+  q = png_bytes(xray)
+  want = [(h["id"], h["distance"]) for h in search(client, q, k=5).json()["hits"]
+          if not h["id"].startswith(("site-b/", "conc/"))]
+  with serve_harness.Server(bundle, log_dir=str(tmp_path)) as s:
+    with httpx.Client(base_url=s.url, timeout=60) as c:
+      info = c.get("/api/info").json()
+      assert info["kind"] == "bundle" and info["num_cases"] == 72
+      got = [(h["id"], h["distance"])
+             for h in search(c, q, k=5).json()["hits"]]
+  assert got[:len(want)] == want
