@@ -295,6 +295,10 @@ def test_config_classes_at_inference_and_on_resume(run, tmp_path):
   shutil.copytree(run["data"], moved)
   wd2 = str(tmp_path / "resume")
   shutil.copytree(wd, wd2)
+  # --mode=evaluate with no --config: the saved one, the data root moved.
+  again = inference.evaluate(wd2, settings=[("data.root", moved)])
+  assert again["metrics"]["test"] == pytest.approx(
+      run["results"]["metrics"]["test"], abs=1e-6)
   res = train.train_and_evaluate(_config(moved, **{"train.num_steps": 10}),
                                  wd2)
   assert res["train"]["resumed_from"] == f"workdir checkpoint step {LAST}"

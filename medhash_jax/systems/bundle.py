@@ -39,7 +39,6 @@ Cases appended at serving time (`Retriever.add_cases`) live in one more file,
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import tempfile
