@@ -54,7 +54,9 @@ setuptools.setup(
     version="0.1.0",
     description="Deep hashing for content-based medical image retrieval (JAX/Flax)",
     packages=setuptools.find_packages(include=["medhash_jax", "medhash_jax.*"]),
-    package_data={"medhash_jax.retrieval": ["csrc/*.cc", "csrc/*.h"]},
+    package_data={"medhash_jax.retrieval": ["csrc/*.cc", "csrc/*.h"],
+                  "medhash_jax.serve": ["static/*.html", "static/*.js",
+                                        "static/*.css"]},
     python_requires=">=3.11",
     classifiers=[
         "Programming Language :: Python :: 3.11",
@@ -75,8 +77,15 @@ setuptools.setup(
         "ml-collections",
     ],
     extras_require={
-        "test": ["pytest", "chex", "faiss-cpu", "scikit-learn"],
+        "test": ["pytest", "chex", "faiss-cpu", "scikit-learn",
+                 # server tests: real HTTP client and a real browser (the
+                 # browser itself: apt-get install chromium chromium-driver)
+                 "httpx", "selenium>=4.10"],
         "faiss": ["faiss-cpu"],
+        # python -m medhash_jax.serve (and DICOM input anywhere)
+        "serve": ["starlette>=0.40", "uvicorn>=0.30", "python-multipart>=0.0.18",
+                  "pydicom>=3.0"],
+        "dicom": ["pydicom>=3.0"],
     },
     ext_modules=[hamming_ext],
     cmdclass={"build_ext": OptionalBuildExt},

@@ -1,7 +1,8 @@
 """Image decoding and per-example transforms (numpy/PIL, run in grain workers).
 
-Decoding: PNG/JPEG/BMP/TIFF through Pillow; DICOM through pydicom, an optional
-dependency imported only when a ``.dcm`` file is met. Everything becomes uint8
+Decoding: PNG/JPEG/BMP/TIFF through Pillow; DICOM (a ``.dcm`` file, or any file
+with the DICM magic) through `data.dicom` (pydicom, an optional dependency
+imported only when a DICOM file is met). Everything becomes uint8
 (H, W, C) with C = 1 (grayscale) or 3 (RGB); 16-bit PNGs are rescaled by their
 own min/max.
 
@@ -22,6 +23,7 @@ from PIL import Image
 from medhash_jax.data.records import BadRecordError
 
 _DICOM_EXT = (".dcm", ".dicom")
+_PIL_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 # Large downscales first reduce by an integer factor (box filter), then
 # resample; Pillow documents 3.0 as indistinguishable from a full resampling.
 _REDUCING_GAP = 3.0
@@ -36,24 +38,31 @@ NORMALIZATIONS = {
 
 
 def _read_dicom(path: str) -> np.ndarray:
+  """DICOM through the one decoder (`data.dicom`): modality LUT, VOI window,
+  MONOCHROME1 inverted. uint8 (H, W, C)."""
+  from medhash_jax.data import dicom  # pylint: disable=g-import-not-at-top
   try:
-    import pydicom  # pylint: disable=g-import-not-at-top
+    return dicom.read_dicom_file(path)
   except ImportError as e:
     raise ImportError(
         f"Reading DICOM file {path} needs pydicom, which is not installed; "
-        "install it with `pip install pydicom`."
-    ) from e
-  ds = pydicom.dcmread(path)
-  arr = ds.pixel_array.astype(np.float32)
-  arr = arr * float(getattr(ds, "RescaleSlope", 1.0)) + float(
-      getattr(ds, "RescaleIntercept", 0.0))
-  if arr.ndim == 3 and arr.shape[-1] not in (1, 3):  # multi-frame: first frame
-    arr = arr[0]
-  lo, hi = float(arr.min()), float(arr.max())
-  arr = (arr - lo) / max(hi - lo, 1e-6) * 255.0
-  if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-    arr = 255.0 - arr  # MONOCHROME1 shows low values bright
-  return np.clip(arr + 0.5, 0, 255).astype(np.uint8)
+        "install it with `pip install pydicom`.") from e
+
+
+def _is_dicom_file(path: str) -> bool:
+  """By extension, or by the DICM magic for names without a known image
+  extension (DICOM files often have none; PNG/JPEG names skip the read)."""
+  low = path.lower()
+  if low.endswith(_DICOM_EXT):
+    return True
+  if low.endswith(_PIL_EXT):
+    return False
+  from medhash_jax.data import dicom  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path, "rb") as f:
+      return dicom.sniff(f.read(132)) == "dicom"
+  except OSError:
+    return False
 
 
 def _pil_to_array(img: Image.Image) -> np.ndarray:
@@ -97,7 +106,7 @@ def decode_image(path: str | os.PathLike, *, row: Any = None,
   """
   path = os.fspath(path)
   try:
-    if path.lower().endswith(_DICOM_EXT):
+    if _is_dicom_file(path):
       arr = _read_dicom(path)
       return arr[..., None] if arr.ndim == 2 else arr
     with Image.open(path) as img:
