@@ -319,3 +319,36 @@ def test_planted_region_masks_land_in_the_box(tmp_path):
     assert r["mask_in_box"] >= 0.8, (split, report)
     assert r["pointing"] >= 0.9, (split, report)
     assert stages["masks"][split]["fallbacks"] == 0, (split, report)
+
+
+# ----------------------------------------------------------------- report ---
+
+def test_report_prints_attention_beside_the_table(tmp_path):
+  """`ath_stages.json` -> the "ATH attention" lines (catches a dropped
+  fallback count, a split shown under another's name, or localisation
+  printed without its chance level)."""
+  from medhash_jax.experiments import runner  # pylint: disable=g-import-not-at-top
+  masks = {s: {"count": 10 * (i + 1), "mask_area": 0.1 * (i + 1),
+               "fallbacks": i, "empty": i}
+           for i, s in enumerate(ath_lib.SPLITS)}
+  loc = {"query": {"count": 7, "mask_in_box": 0.812, "mask_in_box_chance":
+                   0.141, "pointing": 0.9, "pointing_chance": 0.142,
+                   "iobb": 0.7, "iobb_chance": 0.143}}
+  with open(tmp_path / "ath_stages.json", "w") as f:
+    json.dump({"masks": masks, "classifier": {"val": {"accuracy": 0.95}},
+               "cam": {"layer": "denseblock3", "grid": [8, 8],
+                       "image_size": 128, "boxes": "/b.json"},
+               "localization": loc}, f)
+  a = runner.ath_attention(str(tmp_path))
+  md = runner.ath_attention_markdown(
+      [dict(method="ATH-GradCAM", bits=48, seed=0, attention=a)])
+  line = md.strip().splitlines()[-1]
+  assert "8x8 at 128 px (denseblock3)" in line
+  assert "0.100 / 0.200 / 0.300 / 0.400" in line
+  assert "0 of 10 / 1 of 20 / 2 of 30 / 3 of 40" in line
+  assert "| 7 | 0.812 (0.141) | 0.900 (0.142) | 0.700 (0.143) |" in line
+  a["localization"], a["boxes"] = None, ""
+  md = runner.ath_attention_markdown(
+      [dict(method="ATH-GradCAM", bits=48, seed=0, attention=a)])
+  assert "0 (no boxes)" in md
+  assert runner.ath_attention(str(tmp_path / "none")) is None

@@ -12,6 +12,16 @@
              `train.train_and_evaluate` on the config without its `ath`
              section and with data.mask_dir = the local-view folder.
 
+The attention must be able to localise: before stage 1,
+`check_cam_resolution` traces the classifier at its image size and refuses a
+Grad-CAM map under `ath.cam.min_cells` (7) cells a side (the paper's
+DenseNet-121 at 224 px gives 7x7; a 64 px image through the standard stem
+gives 2x2, where every mask is a quarter of the image). `ath.cam.layer`
+names an earlier block to read instead. Every run reports per split the mask
+area and the fallbacks (empty masks: the local view is the full image), and,
+where the data set has boxes (`ath.cam.boxes`, `box_file`), the localisation
+metrics of `cam.localization` (`localize`), all in `ath_stages.json`.
+
 `stage_dir` is the workdir unless `ath.stage_dir` names another folder
 (the experiment suites share one classifier and its masks between the runs of
 different code lengths).
