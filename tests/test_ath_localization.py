@@ -130,11 +130,13 @@ def _ref_one(mask, heat, region):
     box[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
     iobb = (box & region).sum() / box.sum()
   if heat.max() == heat.min():
-    hit = np.nan
+    hit = share = np.nan
   else:
     best = np.argwhere(heat == heat.max())[0]     # first in raster order
     hit = float(region[best[0], best[1]])
-  return a, f, hit, iobb
+    share = sum(float(heat[i, j]) for i, j in np.argwhere(region)) / float(
+        heat.astype(np.float64).sum())
+  return a, f, hit, iobb, share
 
 
 def test_localization_metrics_against_reference():
@@ -150,7 +152,8 @@ def test_localization_metrics_against_reference():
     regions[i, y:y + rng.integers(2, h - y), x:x + rng.integers(2, w - x)] = True
   got = localization.per_image(masks, heat, regions)
   ref = np.array([_ref_one(masks[i], heat[i], regions[i]) for i in range(n)])
-  for k, key in enumerate(("area_share", "mask_in_box", "pointing", "iobb")):
+  for k, key in enumerate(("area_share", "mask_in_box", "pointing", "iobb",
+                            "heat_in_box")):
     np.testing.assert_allclose(got[key], ref[:, k], err_msg=key)
   rep = localization.summarize(got)
   assert rep["undefined_masks"] == 1 and rep["flat_heat"] == 1
@@ -172,6 +175,7 @@ def test_localization_hand_example_and_chance():
   assert rep["mask_in_box"] == pytest.approx(2 / 3)
   assert rep["iobb"] == pytest.approx(2 / 3)        # box = the 1x3 row
   assert rep["pointing"] == 0.0 and rep["area_share"] == 0.25
+  assert rep["heat_in_box"] == 0.0
   # Masks placed at random score their box's area share on average (the
   # chance level the reports print beside each number).
   rng = np.random.default_rng(1)
@@ -182,6 +186,7 @@ def test_localization_hand_example_and_chance():
   rep = localization.localization_report(masks, heat, reg)
   assert abs(rep["mask_in_box"] - rep["mask_in_box_chance"]) < 0.01
   assert abs(rep["pointing"] - rep["pointing_chance"]) < 0.06
+  assert abs(rep["heat_in_box"] - rep["heat_in_box_chance"]) < 0.01
 
 
 # ------------------------------------------------------------- resolution ---
@@ -236,12 +241,14 @@ def test_every_suite_and_config_reads_at_least_7x7(name, tmp_path):
 # --------------------------------------------------------- planted region ---
 
 SIZE, BOX = 32, 12
+HEAT_SHARE_MIN = 0.7
 
 
 def _planted(d, n, seed=0):
   """Class = orientation of the stripes inside a 12x12 box placed anywhere
-  (box share 0.14), on noise with bright/dark blobs (high-contrast,
-  class-free) and weak stripe patches of either orientation; a folder
+  (box share 0.14), on noise with bright/dark blobs and a plaid patch of
+  both orientations as strong as the box (high-contrast, class-free) and weak stripe
+  patches of either orientation (evidence for and against); a folder
   dataset (labels.csv) plus the planted boxes as COCO JSON."""
   rng = np.random.default_rng(seed)
   yy, xx = np.mgrid[:SIZE, :SIZE].astype(np.float32)
@@ -257,8 +264,22 @@ def _planted(d, n, seed=0):
     for _ in range(2):
       y0, x0 = rng.integers(0, SIZE - 8, 2)
       wave = np.sin(np.pi / 2 * (yy if rng.integers(0, 2) == 0 else xx))
-      img[y0:y0 + 8, x0:x0 + 8] += 25 * wave[y0:y0 + 8, x0:x0 + 8]
-    y0, x0 = rng.integers(0, SIZE - BOX + 1, 2)
+      img[y0:y0 + 8, x0:x0 + 8] += 40 * wave[y0:y0 + 8, x0:x0 + 8]
+    # The box and the patch side by side, in a random order and position.
+    first = rng.integers(0, SIZE - 2 * BOX + 1)
+    y0, v0 = rng.integers(0, SIZE - BOX + 1, 2)
+    x0, u0 = first, first + BOX + rng.integers(0, SIZE - 2 * BOX - first + 1)
+    if rng.integers(0, 2):
+      x0, u0 = u0, x0
+    if rng.integers(0, 2):   # or one above the other
+      x0, y0, u0, v0 = y0, x0, v0, u0
+    # A class-free patch beside the box: both classes' stripes at once (a
+    # plaid, the same under the transpose that swaps the classes). The
+    # features fire on it as on the box, but the evidence of the two classes
+    # cancels: only the gradient weights can tell it from the box.
+    plaid = (np.sign(np.sin(np.pi / 2 * (yy + 0.5)))
+             + np.sign(np.sin(np.pi / 2 * (xx + 0.5))))
+    img[v0:v0 + BOX, u0:u0 + BOX] = 128 + 60 * plaid[v0:v0 + BOX, u0:u0 + BOX]
     wave = np.sign(np.sin(np.pi / 2 * ((yy if cls == 0 else xx) + 0.5)))
     img[y0:y0 + BOX, x0:x0 + BOX] = (128 + 80 * wave[y0:y0 + BOX, x0:x0 + BOX]
                                      + rng.normal(0, 12, (BOX, BOX)))
@@ -280,13 +301,20 @@ def _planted(d, n, seed=0):
 def test_planted_region_masks_land_in_the_box(tmp_path):
   """Stage 1 (a tiny DenseNet, 150 Adam steps) -> Grad-CAM -> Otsu -> the
   cached masks, through `ath.prepare` on a folder dataset, scored by its own
-  localisation report against the planted COCO boxes: >= 0.8 of every
-  split's mask pixels inside the box (chance 0.14), train and database with
-  the true class, val and query with the predicted one.
+  localisation report against the planted COCO boxes, on every split (train
+  and database with the true class, val and query with the predicted one):
+  >= 0.8 of the mask pixels inside the box (chance 0.14), and >= 0.7 of the
+  heat map's mass (energy-based pointing game).
 
-  Fails (checked by planting each bug): a CAM read from a 2x2 map (mask-in-
-  box ~0.3), Grad-CAM without its ReLU, without the gradient weights
-  (alpha = 1), or of the wrong class (the other class's evidence).
+  Each planted bug fails it (measured, query split; correct code: mask in
+  box 0.93, heat in box 0.77):
+  * the CAM read from a 2x2 map: mask in box 0.39;
+  * masks of the wrong class: mask in box 0.00;
+  * Grad-CAM without its ReLU: heat in box 0.46 (the masks stay at 0.93:
+    Otsu still cuts at the box, but the zero-evidence background is lifted
+    to mid heat);
+  * without the gradient weights (alpha = 1): heat in box 0.62 (the plaid
+    patch, class-free, lights up as the box does).
   """
   import configs.ath as ath_config  # pylint: disable=g-import-not-at-top
   d = str(tmp_path / "planted")
@@ -318,6 +346,7 @@ def test_planted_region_masks_land_in_the_box(tmp_path):
     assert r["mask_in_box_chance"] < 0.2
     assert r["mask_in_box"] >= 0.8, (split, report)
     assert r["pointing"] >= 0.9, (split, report)
+    assert r["heat_in_box"] >= HEAT_SHARE_MIN, (split, r["heat_in_box"])
     assert stages["masks"][split]["fallbacks"] == 0, (split, report)
 
 
@@ -346,7 +375,7 @@ def test_report_prints_attention_beside_the_table(tmp_path):
   assert "8x8 at 128 px (denseblock3)" in line
   assert "0.100 / 0.200 / 0.300 / 0.400" in line
   assert "0 of 10 / 1 of 20 / 2 of 30 / 3 of 40" in line
-  assert "| 7 | 0.812 (0.141) | 0.900 (0.142) | 0.700 (0.143) |" in line
+  assert "| 7 | 0.812 (0.141) | 0.900 (0.142) | 0.700 (0.143) | – (–) |" in line
   a["localization"], a["boxes"] = None, ""
   md = runner.ath_attention_markdown(
       [dict(method="ATH-GradCAM", bits=48, seed=0, attention=a)])

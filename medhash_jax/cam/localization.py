@@ -13,15 +13,22 @@ input size, with |.| the pixel count:
     IoBB         iobb  = |P ∩ G| / |P|                 (Wang et al., ChestX-ray8,
                                                         CVPR 2017: intersection over
                                                         the predicted box)
+    heat in box  e     = sum_G H / sum H               (the energy-based pointing
+                                                        game, Wang et al., Score-CAM,
+                                                        CVPR-W 2020)
 
 where P is the filled bounding box of the largest 8-connected component of M:
 the box the local view is cut from (``data.mask_crop.largest_component_bbox``,
 without the crop's margin). ChestX-ray8 counts a localisation correct when
 IoBB >= T and reports that accuracy for T in {0.1, 0.25, 0.5, 0.75, 0.9}.
 
-Each is a chance-level quantity when the attention knows nothing: a mask or a
-point or a box placed uniformly at random puts a fraction ~a of itself inside
-G, so each metric is reported beside the mean of a over the same images.
+Each is a chance-level quantity when the attention knows nothing: a mask, a
+point, a box or a heat map placed uniformly at random puts a fraction ~a of
+itself inside G, so each metric is reported beside the mean of a over the
+same images. The heat share e is the one that sees what the Otsu threshold
+hides: the ReLU of Grad-CAM zeroes the regions of negative evidence, and
+without it the min-max scaling lifts all of the image's zero-evidence
+background to mid heat.
 
 Undefined cases are left out and counted, not scored: an empty mask (the
 local view falls back to the full image) has no f and no P; a flat heat map
@@ -59,7 +66,7 @@ def per_image(masks: np.ndarray, heat: np.ndarray | None,
 
   Returns:
     dict of float64 (N,) arrays: "area_share", "mask_in_box", "pointing"
-    (1.0 hit, 0.0 miss), "iobb", "mask_area" (|M| / (h w)).
+    (1.0 hit, 0.0 miss), "iobb", "heat_in_box", "mask_area" (|M| / (h w)).
   """
   masks = np.asarray(masks) > 0
   regions = np.asarray(regions, bool)
@@ -68,7 +75,8 @@ def per_image(masks: np.ndarray, heat: np.ndarray | None,
                      "must both be (N, h, w)")
   n, h, w = masks.shape
   out = {k: np.full((n,), np.nan) for k in
-         ("area_share", "mask_in_box", "pointing", "iobb", "mask_area")}
+         ("area_share", "mask_in_box", "pointing", "iobb", "heat_in_box",
+          "mask_area")}
   if heat is not None:
     heat = np.asarray(heat, np.float32)
     if heat.shape != masks.shape:
@@ -84,6 +92,8 @@ def per_image(masks: np.ndarray, heat: np.ndarray | None,
     if heat is not None and heat[i].max() > heat[i].min():
       y, x = divmod(int(np.argmax(heat[i])), w)
       out["pointing"][i] = float(g[y, x])
+      hp = np.maximum(heat[i].astype(np.float64), 0.0)
+      out["heat_in_box"][i] = hp[g].sum() / hp.sum()
   out["has_heat"] = heat is not None
   return out
 
@@ -97,7 +107,7 @@ def summarize(values: Mapping[str, np.ndarray],
          "area_share": float(np.mean(a)) if a.size else float("nan"),
          "mask_area": float(np.mean(values["mask_area"])) if a.size
                       else float("nan")}
-  for key in ("mask_in_box", "pointing", "iobb"):
+  for key in ("mask_in_box", "pointing", "iobb", "heat_in_box"):
     v = np.asarray(values[key])
     ok = ~np.isnan(v)
     out[key] = float(v[ok].mean()) if ok.any() else float("nan")

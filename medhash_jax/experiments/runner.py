@@ -88,13 +88,14 @@ def ath_attention_markdown(entries: List[Dict[str, Any]]) -> str:
       "split, predicted class; `cam.localization`): mask-in-box = share of "
       "mask pixels inside a ground-truth box, pointing = CAM maximum inside a "
       "box, IoBB = intersection over the predicted (largest-component) box "
-      "(ChestX-ray8); each beside its chance level, the boxes' area share.",
+      "(ChestX-ray8), heat in box = share of the heat map's mass inside a "
+      "box; each beside its chance level, the boxes' area share.",
       "",
       "| Method | Bits | Seed | CAM | Classifier val acc | Mask area "
       "train / val / query / db | Fallbacks train / val / query / db | "
       "Boxed queries | Mask in box (chance) | Pointing (chance) | "
-      "IoBB (chance) |",
-      "|:---|---:|---:|:---|---:|:---|:---|---:|:---|:---|:---|"]
+      "IoBB (chance) | Heat in box (chance) |",
+      "|:---|---:|---:|:---|---:|:---|:---|---:|:---|:---|:---|:---|"]
   for e in entries:
     a = e["attention"]
     grid = a.get("cam_grid")
@@ -109,12 +110,14 @@ def ath_attention_markdown(entries: List[Dict[str, Any]]) -> str:
       mib = f"{_fmt(loc['mask_in_box'])} ({_fmt(loc['mask_in_box_chance'])})"
       pg = f"{_fmt(loc['pointing'])} ({_fmt(loc['pointing_chance'])})"
       io = f"{_fmt(loc['iobb'])} ({_fmt(loc['iobb_chance'])})"
+      he = (f"{_fmt(loc.get('heat_in_box'))} "
+            f"({_fmt(loc.get('heat_in_box_chance'))})")
     else:
       n = "0 (no boxes)" if not a.get("boxes") else "0"
-      mib = pg = io = "–"
+      mib = pg = io = he = "–"
     lines.append(f"| {e['method']} | {e['bits']} | {e['seed']} | {camtxt} | "
                  f"{_fmt(a.get('classifier_val_accuracy'))} | {area} | {fb} "
-                 f"| {n} | {mib} | {pg} | {io} |")
+                 f"| {n} | {mib} | {pg} | {io} | {he} |")
   return "\n".join(lines) + "\n"
 
 
