@@ -381,3 +381,22 @@ def test_report_prints_attention_beside_the_table(tmp_path):
       [dict(method="ATH-GradCAM", bits=48, seed=0, attention=a)])
   assert "0 (no boxes)" in md
   assert runner.ath_attention(str(tmp_path / "none")) is None
+
+
+def test_box_file_choice(tmp_path):
+  """`ath.cam.boxes`: "" finds the dataset folder's NIH list, "none" turns
+  it off, a missing path is named (catches the auto-discovery looking in the
+  wrong folder or ignoring "none")."""
+  import types  # pylint: disable=g-import-not-at-top
+  src = types.SimpleNamespace(dir=str(tmp_path))
+  ds = types.SimpleNamespace(eval={"query": types.SimpleNamespace(
+      loader=types.SimpleNamespace(source=src))})
+  c = ml_collections.ConfigDict({"ath": ath_lib.default_section()})
+  assert ath_lib.box_file(c, ds) is None
+  (tmp_path / "BBox_List_2017.csv.gz").write_bytes(b"")
+  assert ath_lib.box_file(c, ds) == str(tmp_path / "BBox_List_2017.csv.gz")
+  c.ath.cam.boxes = "none"
+  assert ath_lib.box_file(c, ds) is None
+  c.ath.cam.boxes = str(tmp_path / "nope.json")
+  with pytest.raises(FileNotFoundError, match="nope.json"):
+    ath_lib.box_file(c, ds)
