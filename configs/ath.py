@@ -15,6 +15,13 @@ bits, loss = weighted pairwise likelihood (Eq. 10, alpha = 0.1 < 1) + BCE,
 tanh(beta z) with beta rising (HashNet's continuation), SGD lr 1e-4 (hash
 layers 10x), momentum 0.9, weight decay 5e-4, batch 32, 10k iterations.
 
+Grad-CAM must read a map of at least 7x7 cells at the classifier's image
+size (`ath.cam.min_cells`, checked before stage 1): the paper's DenseNet-121
+at 224 px gives 7x7 at its last layer; the smoke classifier (28 px) reads its
+third dense block (`ath.cam.layer`). Localisation metrics against boxes
+(`ath.cam.boxes`; ChestX-ray14's own BBox_List_2017.csv by default) go into
+`ath_stages.json`.
+
 The paper's data, ChestX-ray14, is not staged here: the default is the staged
 chest X-ray set, COVID-19 Radiography (seed split 1:3:3; it has no patient
 ids, so the split is per image). `--config.data.name=chestxray14` runs the
@@ -122,4 +129,8 @@ def _smoke_stages(c):
   c.ath.classifier.learning_rate = 1e-3
   c.ath.classifier.log_every_steps = 10
   c.ath.classifier.checkpoint_every_steps = 20
+  # 28 px through the small-input stem and three transitions leaves a 3x3
+  # last map; the output of the third dense block (before the last
+  # transition) is 7x7, the paper's grid (cam.check_cam_resolution).
+  c.ath.cam.layer = "denseblock3"
   c.ath.cam.num_overlays = 4

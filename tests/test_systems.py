@@ -74,7 +74,7 @@ def test_ath_stages_leave_their_artifacts(suite_run):
                                  split)) as f:
       doc = json.load(f)
     assert doc["meta"] == {"mode": modes[split], "classifier_step": STEPS,
-                           "image_size": 28}
+                           "image_size": 28, "cam_layer": "denseblock3"}
     sizes[split] = doc["count"]
   assert modes["train"] == modes["database"] == "true"
   assert modes["val"] == modes["query"] == "predicted"
@@ -102,6 +102,13 @@ def test_ath_stages_leave_their_artifacts(suite_run):
   with open(os.path.join(wd, ath_lib.STAGES_FILE)) as f:
     stages = json.load(f)
   assert stages["total_train_seconds"] >= results["train"]["seconds"] > 0
+  # What the attention did: the 7x7 grid it read, mask area and fallbacks.
+  assert stages["cam"] == {"layer": "denseblock3", "grid": [7, 7],
+                           "image_size": 28, "boxes": ""}
+  for split in ath_lib.SPLITS:
+    m = stages["masks"][split]
+    assert 0.0 <= m["mask_area"] <= 1.0 and 0 <= m["fallbacks"] <= m["count"]
+  assert stages["localization"] is None        # BreastMNIST has no boxes
 
 
 def test_ath_rerun_reuses_every_stage(suite_run):
@@ -177,6 +184,9 @@ def test_suite_writes_table_curves_and_gallery(suite_run):
   for name in ("DPSH", "ATH-GradCAM", "LSH", "PCAH", "ITQ", "SSH"):
     assert f"| {name} | 16 |" in md, name
   assert "commit:" in md and "seeds: [0]" in md
+  # ATH's attention beside the retrieval table.
+  assert "## ATH attention" in md
+  assert "| ATH-GradCAM | 16 | 0 | 7x7 at 28 px (denseblock3) |" in md
   with open(out["csv"]) as f:
     header = f.readline().strip().split(",")
   for col in ("method", "bits", "map@10", "map@all", "ndcg@100", "ndcg@all",

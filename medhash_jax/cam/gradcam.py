@@ -293,5 +293,86 @@ def make_cam_fn(model: nn.Module, variables: Any, *, layer: str | None = None,
   return cam_fn
 
 
-__all__ = ["CLASS_MODES", "cam_from_gradients", "class_weights", "gradcam",
+MIN_CAM_CELLS = 7   # the paper's DenseNet-121 at 224 px: a 7 x 7 last map
+
+
+class CamResolutionError(ValueError):
+  """The layer Grad-CAM reads is too coarse to localise anything."""
+
+
+def cam_grid(model: nn.Module, image_shape: Sequence[int], *,
+             layer: str | None = None,
+             features_method: str = "backbone_features",
+             fmap_key: str = "feature_map",
+             apply_kwargs: dict | None = None) -> tuple[int, int]:
+  """(h, w) of the feature map Grad-CAM reads for inputs of ``image_shape``.
+
+  The same two readings as :func:`make_cam_fn`: ``layer=None`` is the
+  model's split (``features_method``'s ``fmap_key``), a name is the output of
+  that submodule (intercepted as :func:`gradcam_flax` does). Traced with
+  ``jax.eval_shape`` on (1, H, W, C) zeros: no parameters, no compute.
+  """
+  kw = dict(apply_kwargs or {})
+  x = jax.ShapeDtypeStruct((1,) + tuple(int(d) for d in image_shape),
+                           jnp.float32)
+  seen = []
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if (layer is not None and context.method_name == "__call__"
+        and _matches(context.module, layer)):
+      seen.append(_pick(out, fmap_key).shape)
+    return out
+
+  def run(x):
+    variables = model.init(jax.random.key(0), x, **kw)
+    if layer is None:
+      return _pick(model.apply(variables, x, method=features_method, **kw),
+                   fmap_key)
+    with nn.intercept_methods(interceptor):
+      model.apply(variables, x, **kw)
+    return None
+
+  out = jax.eval_shape(run, x)
+  if layer is None:
+    shape = out.shape
+  else:
+    # init runs the layer too; the apply's call is the last one seen.
+    if not seen:
+      raise ValueError(f"Grad-CAM layer {layer!r} never ran in "
+                       f"{type(model).__name__}; name one of its submodules "
+                       "(e.g. 'denseblock3' of a DenseNet classifier)")
+    shape = seen[-1]
+  if len(shape) != 4:
+    raise ValueError(f"Grad-CAM layer {layer or features_method!r} outputs "
+                     f"shape {tuple(shape)}; expected (B, h, w, C)")
+  return int(shape[1]), int(shape[2])
+
+
+def check_cam_resolution(grid: Sequence[int], image_size: int, *,
+                         min_cells: int = MIN_CAM_CELLS, layer: str = "",
+                         where: str = "the classifier") -> None:
+  """Raises CamResolutionError when the CAM grid is under min_cells a side.
+
+  A Grad-CAM map of h x w cells, upsampled to the image, can only place its
+  heat on one of h x w blocks; at 2 x 2 every mask is a quarter or a half of
+  the image, whatever the classifier looked at.
+  """
+  h, w = int(grid[0]), int(grid[1])
+  if min(h, w) >= int(min_cells):
+    return
+  raise CamResolutionError(
+      f"Grad-CAM of {where} at {image_size} px reads "
+      f"{'layer ' + repr(layer) if layer else 'the last feature map'}, which "
+      f"is {h}x{w} cells; at least {min_cells}x{min_cells} are needed to "
+      f"localise (the paper's DenseNet-121 at 224 px gives 7x7). Remedies: "
+      f"the small-input stem (ath.classifier.kwargs.small_input=True: /8 "
+      f"instead of /32 for a 4-block DenseNet), an earlier block "
+      f"(ath.cam.layer='denseblock3' halves the stride; make_cam_fn's "
+      f"`layer`), or a larger image (ath.classifier.image_size >= "
+      f"{int(min_cells) * -(-int(image_size) // max(1, min(h, w)))}).")
+
+
+__all__ = ["CLASS_MODES", "CamResolutionError", "MIN_CAM_CELLS", "cam_grid",
+           "cam_from_gradients", "check_cam_resolution", "class_weights", "gradcam",
            "gradcam_flax", "gradcam_split", "make_cam_fn", "normalize"]

@@ -53,6 +53,7 @@ class ChestXray14Source(FileSource):
     d = paths.find_dataset_dir(self.name, root=root, path=path,
                                candidates=DIR_CANDIDATES,
                                markers=("Data_Entry_2017.csv", "sample_labels.csv"))
+    self.dir = d   # where ATH looks for BBox_List_2017.csv (data.boxes)
     if labels_csv:
       csv_path = labels_csv if os.path.isabs(labels_csv) else os.path.join(d, labels_csv)
     else:

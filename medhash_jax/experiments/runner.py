@@ -45,6 +45,82 @@ def deep_row(results: Dict[str, Any], workdir: str) -> Dict[str, Any]:
   return row
 
 
+def ath_attention(workdir: str) -> Optional[Dict[str, Any]]:
+  """What ATH's attention did in one run (from its `ath_stages.json`): the
+  CAM grid, the classifier's val accuracy, per split the mask area (mean
+  share of the image) and fallbacks (empty masks: the local view is the full
+  image), and the localisation metrics where the data set has boxes."""
+  path = os.path.join(workdir, "ath_stages.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    st = json.load(f)
+  masks = st.get("masks", {})
+  camd = st.get("cam") or {}
+  out = {"cam_layer": camd.get("layer", ""), "cam_grid": camd.get("grid"),
+         "cam_image_size": camd.get("image_size"),
+         "classifier_val_accuracy": (st.get("classifier", {}).get("val") or {}
+                                     ).get("accuracy"),
+         "mask_area": {k: v.get("mask_area", v.get("foreground"))
+                       for k, v in masks.items()},
+         "fallbacks": {k: v.get("fallbacks", v.get("empty"))
+                       for k, v in masks.items()},
+         "counts": {k: v.get("count") for k, v in masks.items()},
+         "boxes": camd.get("boxes", ""),
+         "localization": st.get("localization")}
+  return out
+
+
+def _fmt(v, spec=".3f"):
+  return "–" if v is None or (isinstance(v, float) and v != v) else format(
+      v, spec)
+
+
+def ath_attention_markdown(entries: List[Dict[str, Any]]) -> str:
+  """The "ATH attention" section of results.md (one line per ATH run)."""
+  if not entries:
+    return ""
+  splits = ("train", "val", "query", "database")
+  lines = [
+      "## ATH attention (Grad-CAM -> Otsu masks)", "",
+      "Mask area: mean share of the image inside the Otsu mask; fallbacks: "
+      "empty masks, whose local view is the full image. Localisation (query "
+      "split, predicted class; `cam.localization`): mask-in-box = share of "
+      "mask pixels inside a ground-truth box, pointing = CAM maximum inside a "
+      "box, IoBB = intersection over the predicted (largest-component) box "
+      "(ChestX-ray8), heat in box = share of the heat map's mass inside a "
+      "box; each beside its chance level, the boxes' area share.",
+      "",
+      "| Method | Bits | Seed | CAM | Classifier val acc | Mask area "
+      "train / val / query / db | Fallbacks train / val / query / db | "
+      "Boxed queries | Mask in box (chance) | Pointing (chance) | "
+      "IoBB (chance) | Heat in box (chance) |",
+      "|:---|---:|---:|:---|---:|:---|:---|---:|:---|:---|:---|:---|"]
+  for e in entries:
+    a = e["attention"]
+    grid = a.get("cam_grid")
+    camtxt = (f"{grid[0]}x{grid[1]} at {a.get('cam_image_size')} px"
+              f" ({a.get('cam_layer') or 'last map'})" if grid else "–")
+    area = " / ".join(_fmt(a["mask_area"].get(s)) for s in splits)
+    fb = " / ".join(f"{a['fallbacks'].get(s)} of {a['counts'].get(s)}"
+                    for s in splits)
+    loc = (a.get("localization") or {}).get("query") or {}
+    if loc.get("count"):
+      n = str(loc["count"])
+      mib = f"{_fmt(loc['mask_in_box'])} ({_fmt(loc['mask_in_box_chance'])})"
+      pg = f"{_fmt(loc['pointing'])} ({_fmt(loc['pointing_chance'])})"
+      io = f"{_fmt(loc['iobb'])} ({_fmt(loc['iobb_chance'])})"
+      he = (f"{_fmt(loc.get('heat_in_box'))} "
+            f"({_fmt(loc.get('heat_in_box_chance'))})")
+    else:
+      n = "0 (no boxes)" if not a.get("boxes") else "0"
+      mib = pg = io = he = "–"
+    lines.append(f"| {e['method']} | {e['bits']} | {e['seed']} | {camtxt} | "
+                 f"{_fmt(a.get('classifier_val_accuracy'))} | {area} | {fb} "
+                 f"| {n} | {mib} | {pg} | {io} | {he} |")
+  return "\n".join(lines) + "\n"
+
+
 def _merge_seeds(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
   """Per-seed rows -> one row whose numbers are per-seed lists."""
   if len(rows) == 1:
@@ -252,6 +328,9 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
         row = deep_row(results, wd)
         runs.append({"method": method, "bits": k, "seed": seed, "workdir": wd,
                      "row": row})
+        attention = ath_attention(wd) if method == "ath" else None
+        if attention is not None:
+          runs[-1]["ath_attention"] = attention
         per_method.setdefault((method, k), []).append(row)
 
   # Re-open seed-0 runs at pr_bits: PR curves, gallery, shallow features.
@@ -336,6 +415,13 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
       " (shared between its code lengths); shallow methods: the fit"])
   md, csv = report.write_tables(rows, os.path.join(output, "results"),
                                 columns=COLUMNS, preamble=preamble)
+  attention_md = ath_attention_markdown(
+      [dict(method=DISPLAY[r["method"]], bits=r["bits"], seed=r["seed"],
+            attention=r["ath_attention"]) for r in runs
+       if r.get("ath_attention")])
+  if attention_md:  # beside the retrieval table, in the same file
+    with open(md, "a", encoding="utf-8") as f:
+      f.write("\n" + attention_md)
   outputs = {"markdown": md, "csv": csv}
   if curves:
     # One plot holds at most the palette's number of curves: more go to

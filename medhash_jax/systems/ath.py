@@ -12,6 +12,16 @@
              `train.train_and_evaluate` on the config without its `ath`
              section and with data.mask_dir = the local-view folder.
 
+The attention must be able to localise: before stage 1,
+`check_cam_resolution` traces the classifier at its image size and refuses a
+Grad-CAM map under `ath.cam.min_cells` (7) cells a side (the paper's
+DenseNet-121 at 224 px gives 7x7; a 64 px image through the standard stem
+gives 2x2, where every mask is a quarter of the image). `ath.cam.layer`
+names an earlier block to read instead. Every run reports per split the mask
+area and the fallbacks (empty masks: the local view is the full image), and,
+where the data set has boxes (`ath.cam.boxes`, `box_file`), the localisation
+metrics of `cam.localization` (`localize`), all in `ath_stages.json`.
+
 `stage_dir` is the workdir unless `ath.stage_dir` names another folder
 (the experiment suites share one classifier and its masks between the runs of
 different code lengths).
@@ -36,7 +46,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import logging
 import jax
@@ -44,6 +54,7 @@ import ml_collections
 import numpy as np
 
 from medhash_jax import cam
+from medhash_jax.data import boxes as boxes_lib
 from medhash_jax.data import mask_crop
 from medhash_jax.systems import classifier as classifier_lib
 from medhash_jax.train import mesh as mesh_lib
@@ -71,8 +82,49 @@ def default_section() -> ml_collections.ConfigDict:
       cam=dict(
           modes=dict(train="true", val="predicted", query="predicted",
                      database="true"),
+          # "" = the classifier's last feature map (the paper); else a
+          # submodule name, e.g. "denseblock3" (cam.make_cam_fn's `layer`).
+          layer="",
+          # The map Grad-CAM reads must have >= min_cells a side at the
+          # classifier's image size (checked before anything is trained).
+          min_cells=cam.MIN_CAM_CELLS,
+          # Ground-truth boxes for the localisation metrics: "" = the
+          # dataset's own when it has them (ChestX-ray14's
+          # BBox_List_2017.csv), "none" = off, else a path (NIH CSV or COCO
+          # JSON).
+          boxes="",
           num_overlays=16),
   ))
+
+
+def classifier_image_size(config) -> int:
+  return int(config[SECTION].classifier.image_size or config.data.image_size)
+
+
+def cam_layer(config) -> Optional[str]:
+  return str(config[SECTION].cam.get("layer", "")) or None
+
+
+def check_cam_resolution(config, num_classes: int = 2) -> Tuple[int, int]:
+  """The (h, w) grid Grad-CAM reads at the classifier's image size; raises
+  cam.CamResolutionError below `ath.cam.min_cells` a side.
+
+  The grid does not depend on the class count; the shapes are traced
+  (jax.eval_shape), nothing is computed.
+  """
+  from medhash_jax import models  # pylint: disable=g-import-not-at-top
+  sec = config[SECTION]
+  size = classifier_image_size(config)
+  model = models.get_model(sec.classifier.model, num_classes=num_classes,
+                           **dict(sec.classifier.kwargs.to_dict()))
+  layer = cam_layer(config)
+  grid = cam.cam_grid(model, (size, size, int(config.data.channels)),
+                      layer=layer, apply_kwargs={"train": False})
+  cam.check_cam_resolution(
+      grid, size, min_cells=int(sec.cam.get("min_cells", cam.MIN_CAM_CELLS)),
+      layer=layer or "",
+      where=f"{sec.classifier.model}({dict(sec.classifier.kwargs.to_dict())})")
+  return grid
 
 
 def is_ath(config) -> bool:
@@ -131,12 +183,14 @@ def _check_meta(root: str, split: str, meta: Dict[str, Any]):
 
 
 def make_masks(get_clf: Callable[[], classifier_lib.Classifier], ds,
-               classifier_step: int, modes: Dict[str, str], root: str
-               ) -> Dict[str, Dict[str, Any]]:
-  """Grad-CAM + Otsu masks of every split (cached); returns per-split info.
+               classifier_step: int, modes: Dict[str, str], root: str,
+               layer: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+  """Grad-CAM + Otsu masks of every split (cached); returns per-split info:
+  "mask_area" (mean share of the image in the mask) and "fallbacks" (empty
+  masks: the data layer's local view is then the full image).
 
   `get_clf()` builds (or restores) the classifier; it is only called when a
-  split's masks have to be computed.
+  split's masks have to be computed. `layer`: see `cam.make_cam_fn`.
   """
   cam_fns = {}
 
@@ -144,8 +198,8 @@ def make_masks(get_clf: Callable[[], classifier_lib.Classifier], ds,
     clf = get_clf()
     if mode not in cam_fns:
       cam_fns[mode] = cam.make_cam_fn(
-          clf.model, clf.variables, mode=mode, multi_label=ds.multi_label,
-          apply_kwargs={"train": False})
+          clf.model, clf.variables, layer=layer, mode=mode,
+          multi_label=ds.multi_label, apply_kwargs={"train": False})
     eds = ds.eval[split]
     return cam.compute_masks(
         cam_fns[mode], eds, num_examples=eds.size,
@@ -160,7 +214,7 @@ def make_masks(get_clf: Callable[[], classifier_lib.Classifier], ds,
     eval_ds = ds.eval[split]
     mode_root = os.path.join(root, mode)
     meta = {"mode": mode, "classifier_step": int(classifier_step),
-            "image_size": int(ds.image_size)}
+            "image_size": int(ds.image_size), "cam_layer": layer or ""}
     _check_meta(mode_root, split, meta)
     t0 = time.perf_counter()
     masks, reused = cam.ensure_masks(
@@ -175,15 +229,93 @@ def make_masks(get_clf: Callable[[], classifier_lib.Classifier], ds,
     if reused and os.path.exists(timing):
       with open(timing, encoding="utf-8") as f:
         compute_seconds = float(json.load(f)["compute_seconds"])
+    empty = int(np.sum(~masks.reshape(len(masks), -1).any(1)))
+    area = float(masks.mean()) if masks.size else 0.0
     info[split] = {"mode": mode, "count": int(eval_ds.size), "reused": reused,
                    "seconds": seconds, "compute_seconds": compute_seconds,
-                   "empty": int(np.sum(~masks.reshape(len(masks), -1).any(1))),
-                   "foreground": float(masks.mean()) if masks.size else 0.0}
+                   "empty": empty, "fallbacks": empty,
+                   "foreground": area, "mask_area": area}
     logging.info("ath masks %s (%s labels): %d, %s in %.1f s, %d empty, "
                  "%.1f%% foreground", split, mode, eval_ds.size,
                  "reused" if reused else "computed", info[split]["seconds"],
                  info[split]["empty"], 100 * info[split]["foreground"])
   return info
+
+
+def box_file(config, ds) -> Optional[str]:
+  """The ground-truth box file of `ath.cam.boxes` ("" = the dataset folder's
+  NIH box list when it has one; "none" = none)."""
+  spec = str(config[SECTION].cam.get("boxes", ""))
+  if spec == "none":
+    return None
+  if spec:
+    if not os.path.isfile(spec):
+      raise FileNotFoundError(f"ath.cam.boxes={spec!r}: no such file (a NIH "
+                              "BBox_List_2017.csv[.gz] or a COCO .json)")
+    return os.path.abspath(spec)
+  d = getattr(ds.eval["query"].loader.source, "dir", None)
+  return boxes_lib.find_nih_boxes(d) if d else None
+
+
+def localize(get_clf: Callable[[], classifier_lib.Classifier], ds,
+             modes: Dict[str, str], root: str, box_path: str,
+             meta: Dict[str, Any], layer: Optional[str] = None,
+             batch_size: int = 32) -> Dict[str, Dict[str, Any]]:
+  """Localisation metrics (`cam.localization`) of every split's masks and
+  heat maps against the boxes of `box_path`, for the records it annotates.
+
+  The masks are the cached ones stage 3 reads; the heat maps are recomputed
+  for the boxed records only (with the split's class mode). One JSON per
+  split next to the masks, reused while `meta` and the box file match.
+  """
+  table = boxes_lib.read_boxes(box_path)
+  st = os.stat(box_path)
+  meta = dict(meta, boxes=box_path, boxes_bytes=int(st.st_size))
+  out, cam_fns = {}, {}
+  for split in SPLITS:
+    mode, eds = modes[split], ds.eval[split]
+    path = os.path.join(root, mode, f"{split}.localization.json")
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+      if doc.get("meta") == meta:
+        out[split] = doc["report"]
+        continue
+    matched = boxes_lib.match_ids(table, eds.ids)
+    if not matched:
+      out[split] = {"count": 0}
+      continue
+    masks = cam.load_masks(os.path.join(root, mode), split)
+    size = masks.shape[1:]
+    pos = np.array(sorted(matched))
+    regions = np.stack([boxes_lib.box_mask(matched[p], size) for p in pos])
+    clf = get_clf()
+    if mode not in cam_fns:
+      cam_fns[mode] = cam.make_cam_fn(
+          clf.model, clf.variables, layer=layer, mode=mode,
+          multi_label=ds.multi_label, apply_kwargs={"train": False})
+    b = max(batch_size // clf.mesh.size, 1) * clf.mesh.size
+    heat = np.zeros((pos.size,) + tuple(size), np.float32)
+    for s0 in range(0, pos.size, b):   # fixed-shape padded batches: 1 compile
+      chunk = pos[s0:s0 + b]
+      ex = [eds.loader.example(int(p), None) for p in chunk]
+      ex += [ex[-1]] * (b - len(chunk))
+      images = np.stack([e["image"] for e in ex])
+      labels = np.stack([e["labels"] for e in ex])
+      h = cam_fns[mode](mesh_lib.shard_batch(images, clf.mesh),
+                        mesh_lib.shard_batch(labels, clf.mesh)
+                        if mode == "true" else None)
+      heat[s0:s0 + len(chunk)] = np.asarray(h)[:len(chunk)]
+    report = cam.localization_report(masks[pos], heat, regions)
+    out[split] = report
+    logging.info("ath localisation %s (%d boxed images): mask in box %.3f, "
+                 "pointing %.3f, IoBB %.3f; chance (box share) %.3f", split,
+                 report["count"], report["mask_in_box"], report["pointing"],
+                 report["iobb"], report["area_share"])
+    if jax.process_index() == 0:
+      with open(path, "w", encoding="utf-8") as f:
+        json.dump({"meta": meta, "report": report}, f, indent=2)
+  return out
 
 
 def assemble_local_view_dir(root: str, ds, modes: Dict[str, str],
@@ -232,7 +364,8 @@ def overlay_names(ds, n: int) -> list:
 
 
 def write_query_overlays(clf: classifier_lib.Classifier, mode: str,
-                         masks_root: str, out_dir: str, n: int) -> list:
+                         masks_root: str, out_dir: str, n: int,
+                         layer: Optional[str] = None) -> list:
   """Grad-CAM overlays (heat map + Otsu outline) of n queries spread over
   the classes (`overlay_queries`):
   `{out_dir}/{id}.png` = [image | overlay], `{out_dir}/overlay/{id}.png` =
@@ -245,7 +378,7 @@ def write_query_overlays(clf: classifier_lib.Classifier, mode: str,
   images = np.stack([e["image"] for e in examples])      # normalised: the CAM
   shown = np.stack([q.loader.display_image(int(i)) for i in pick])  # uint8
   labels = np.stack([e["labels"] for e in examples])
-  cam_fn = cam.make_cam_fn(clf.model, clf.variables, mode=mode,
+  cam_fn = cam.make_cam_fn(clf.model, clf.variables, layer=layer, mode=mode,
                            multi_label=clf.ds.multi_label,
                            apply_kwargs={"train": False})
   heat = np.asarray(cam_fn(images, labels if mode == "true" else None))
@@ -271,6 +404,10 @@ def prepare(config, workdir: str) -> Dict[str, Any]:
   """
   sec = config[SECTION]
   cls_cfg = sec.classifier
+  # Before any data is read or anything trained: a CAM too coarse to
+  # localise makes the whole system meaningless.
+  grid = check_cam_resolution(config)
+  layer = cam_layer(config)
   sdir = stage_dir(config, workdir)
   os.makedirs(sdir, exist_ok=True)
   cls_dir = os.path.join(sdir, "classifier")
@@ -298,16 +435,25 @@ def prepare(config, workdir: str) -> Dict[str, Any]:
   if missing:
     raise ValueError(f"ath.cam.modes lacks {missing}")
   masks_root = os.path.join(sdir, "masks")
-  info = make_masks(get_clf, ds, step, modes, masks_root)
+  info = make_masks(get_clf, ds, step, modes, masks_root, layer=layer)
   manifest = assemble_local_view_dir(
       masks_root, ds, modes, local_view_dir(config, workdir),
-      {"classifier_step": int(step), "image_size": int(ds.image_size)})
+      {"classifier_step": int(step), "image_size": int(ds.image_size),
+       "cam_layer": layer or ""})
+  box_path = box_file(config, ds)
+  localization = None
+  if box_path:
+    localization = localize(
+        get_clf, ds, modes, masks_root, box_path,
+        {"classifier_step": int(step), "image_size": int(ds.image_size),
+         "cam_layer": layer or ""}, layer=layer,
+        batch_size=int(cls_cfg.batch_size))
   n_over = min(int(sec.cam.num_overlays), ds.eval["query"].size)
   over_dir = os.path.join(workdir, "gradcam")
   if not all(os.path.exists(os.path.join(over_dir, "overlay", name + ".png"))
              for name in overlay_names(ds, n_over)):
     write_query_overlays(get_clf(), modes["query"], masks_root, over_dir,
-                         n_over)
+                         n_over, layer=layer)
   t2 = time.perf_counter()
   metrics = clf.metrics if clf is not None else classifier_lib.load_metrics(
       cls_dir)
@@ -316,6 +462,10 @@ def prepare(config, workdir: str) -> Dict[str, Any]:
   return {"classifier": metrics, "classifier_seconds": t1 - t0,
           "classifier_reused": clf is None or bool(metrics.get("reused")),
           "masks": info, "mask_seconds": t2 - t1,
+          "cam": {"layer": layer or "", "grid": list(grid),
+                  "image_size": int(classifier_image_size(config)),
+                  "boxes": box_path or ""},
+          "localization": localization,
           "local_view": manifest.get("counts"),
           "overlays": n_over, "multi_label": multi_label,
           "stage_dir": sdir}
@@ -382,7 +532,8 @@ class FileLocalViews:
     self.pre = data_lib.Preprocessor(
         image_size=self.size, channels=int(config.data.channels),
         normalize=config.data.normalize, augment=None)
-    self._cam_fn = cam.make_cam_fn(model, variables, mode=self.mode,
+    self._cam_fn = cam.make_cam_fn(model, variables, layer=cam_layer(config),
+                                   mode=self.mode,
                                    multi_label=bool(multi_label),
                                    apply_kwargs={"train": False})
 
