@@ -11,6 +11,9 @@
          = the feature map (Grad-CAM's layer)
       -> global average pool -> FC-1024 + ReLU = features
       -> hash layer tanh(beta z) (K)   and   class layer (C, softmax in the loss)
+      -> projection rho of the hash-like codes onto the C classes
+         ("code_logits", Dense K -> C): the input of the paper's semantic
+         term L_s (seed 001 section 3.3, cross-entropy of rho(u))
 
 Choices the description leaves open, made here and configurable:
   * pooling: `pool_size` x `pool_size` max pool with that stride after each
@@ -115,6 +118,9 @@ class MTHNet(nn.Module):
   def setup(self):
     self.hash, self.classifier = heads.build_heads(
         self.num_bits, self.num_classes, self.hash_activation, self.dtype)
+    if self.num_classes > 0:
+      self.projection = nn.Dense(self.num_classes, dtype=self.dtype,
+                                 param_dtype=jnp.float32, name="projection")
     self.multi_scale = MultiScaleDenseModule(
         tuple(self.kernel_sizes), self.filters, self.growth, self.num_layers,
         pool_size=self.pool_size, dtype=self.dtype)
@@ -141,8 +147,13 @@ class MTHNet(nn.Module):
   def from_feature_map(self, fmap, train: bool = False, beta=1.0,
                        return_feature_map: bool = False) -> Dict[str, Any]:
     feats = self.fc(jnp.mean(fmap, axis=(1, 2)), train)
-    return heads.head_outputs(self, feats, beta,
-                              fmap if return_feature_map else None)
+    out = heads.head_outputs(self, feats, beta,
+                             fmap if return_feature_map else None)
+    if self.num_classes > 0:
+      # rho: the semantic term's projection of the codes onto the classes.
+      out["code_logits"] = jnp.asarray(
+          self.projection(out["codes_real"]), jnp.float32)
+    return out
 
   def __call__(self, x, train: bool = False, beta=1.0,
                return_feature_map: bool = False) -> Dict[str, Any]:

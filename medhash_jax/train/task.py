@@ -167,6 +167,7 @@ class Task:
         "logits": out.get("logits"), "features": out.get("features"),
         "label_mask": batch.get("label_mask"),
         "triplets": batch.get("triplets"),
+        "code_logits": out.get("code_logits"),   # MTH's projection rho(u)
     }
     kwargs = {k: v for k, v in candidates.items()
               if v is not None and k in self._loss_inputs}
