@@ -23,6 +23,19 @@ paper's data unchanged (multi-label BCE is picked from the dataset).
 The ablations are single-branch models (registry "resnet50" with the given
 attention block and a class head) trained with the same loss and optimiser;
 they need no classifier or masks, so they are plain trainer configs.
+
+Loss, as in the paper / chosen here (issue #21):
+  * reduction="sum" -- as in the paper: Eq. 10 sums over the B(B - 1)
+    pairs and the paper's lr 1e-4 assumes that sum; reduction="mean" (the
+    form before #21) gives |P| = 992x smaller gradients at batch 32.
+  * alpha = 0.1 -- the paper says only "alpha < 1"; 0.1 is HashNet's value,
+    to be picked on validation from (0.1, 10/K, 0.5) (not yet run).
+  * eval.ks adds None: nDCG@ALL, which the paper reports at 48 bits.
+
+Pretrained initialisation: the paper fine-tunes ImageNet weights for both
+ResNet-50 branches and the DenseNet-121 classifier; here all start from
+random weights unless `init_from` is given (the converter in
+medhash_jax/models/convert fills both branches from one torchvision file).
 """
 
 import os

@@ -17,7 +17,13 @@ The paper's data (ChestX-ray8, CheXpert) is not staged; the default is the
 staged chest X-ray set, COVID-19 Radiography, seed split 1:3:3 at 224 px.
 The optimiser is base.py's (SGD momentum 0.9, cosine, hash layer 10x, weight
 decay 5e-4) at lr 0.003 instead of 0.01 (the contrastive loss collapses at
-0.01); the paper's own values are not reproduced here.
+0.01); the paper's own values are not reproduced here. The OCR of the
+paper still shows lr 0.001; that value is to be tried on validation
+(issue #21, not yet run).
+
+Pretrained initialisation: the paper fine-tunes an ImageNet ResNet-50; here
+it starts from random weights unless `init_from` is given
+(--config.init_from=resnet50.pth, converted by medhash_jax/models/convert).
 """
 
 import os
