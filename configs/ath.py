@@ -35,7 +35,7 @@ Loss, as in the paper / chosen here (issue #21):
 Pretrained initialisation: the paper fine-tunes ImageNet weights for both
 ResNet-50 branches and the DenseNet-121 classifier; here all start from
 random weights unless `init_from` is given (the converter in
-medhash_jax/models/convert fills both branches from one torchvision file).
+medhash_jax/models/convert.py fills both branches from one torchvision file).
 """
 
 import os

@@ -14,7 +14,7 @@ Every key, with its meaning, is in medhash_jax/train/defaults.py. Variants
 Initialisation: the papers fine-tune ImageNet-pretrained backbones; here
 every model starts from random weights unless `init_from` is given (an orbax
 checkpoint, or torchvision .pth / .safetensors weights through the converter
-in medhash_jax/models/convert), e.g. --config.init_from=resnet50.pth.
+in medhash_jax/models/convert.py), e.g. --config.init_from=resnet50.pth.
 """
 
 import ml_collections

@@ -10,10 +10,11 @@ another dense block; FC-1024 + ReLU; hash layer (tanh) and class layer side by
 side. Loss (losses.triplet.mth): semantic term + alpha x hierarchical
 similarity (triplet margins on codes and on the FC-1024 features, over every
 valid triplet of the batch) + beta x category term (softmax CE on the class
-layer). With data.sampling="triplet" the batch is b anchors with a sampled
-positive and negative each, and the loss uses exactly those b triplets
-instead (3x the images per step; in-batch mining, the default, already
-covers every valid triplet of a random batch).
+layer). data.sampling="triplet" (the default here, as in the paper's triplet
+units): the batch is b anchors with a sampled positive and negative each,
+and the loss uses exactly those b triplets (3x the images per step);
+data.sampling="random" (in-batch mining over every valid triplet of a random
+batch, the form before issue #21) is kept as an option.
 
 Not given by the paper, chosen here: Adam lr 1e-3 with cosine decay (the
 network is trained from scratch), 64 px inputs (the staged HAM10000 images
@@ -79,6 +80,9 @@ def get_config(arg=None):
     c.train.num_steps = 2000
     c.train.eval_every_steps = 500
     c.train.checkpoint_every_steps = 500
+  # The paper's triplet units (anchor, positive, negative) as the batch:
+  # b sampled triplets (3b images), not every valid triplet of a random batch.
+  c.data.sampling = "triplet"
   c.loss.kwargs = ml_collections.ConfigDict(dict(
-      multi_label=common.is_multi_label(c.data.name)))
+      multi_label=common.is_multi_label(c.data.name), semantic="projection"))
   return base.finalize(c)

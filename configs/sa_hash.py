@@ -23,7 +23,7 @@ paper still shows lr 0.001; that value is to be tried on validation
 
 Pretrained initialisation: the paper fine-tunes an ImageNet ResNet-50; here
 it starts from random weights unless `init_from` is given
-(--config.init_from=resnet50.pth, converted by medhash_jax/models/convert).
+(--config.init_from=resnet50.pth, converted by medhash_jax/models/convert.py).
 """
 
 import os

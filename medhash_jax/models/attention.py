@@ -105,6 +105,32 @@ class SpatialAttention(nn.Module):
     return x * a.astype(x.dtype)
 
 
+def chunked_attention(q, k, v, chunk: int):
+  """softmax(q k^T / sqrt(d)) v over query chunks: the same values as the
+  naive form, with O(heads * chunk * N) live memory instead of O(heads *
+  N^2), forward and backward (each chunk is rematerialised under
+  jax.checkpoint). q, k: (B, N, H, d); v: (B, N, H, dv) -> (B, N, H, dv).
+  The last chunk is zero-padded (padded query rows are dropped; keys are
+  never padded, so no masking is needed)."""
+  b, n, h, d = q.shape
+  chunk = max(1, min(int(chunk), n))
+  m = -(-n // chunk)
+  qp = jnp.pad(q, ((0, 0), (0, m * chunk - n), (0, 0), (0, 0)))
+  qp = jnp.moveaxis(qp.reshape(b, m, chunk, h, d), 1, 0)
+  scale = 1.0 / jnp.sqrt(jnp.float32(d))
+
+  @jax.checkpoint
+  def one(qc):
+    logits = jnp.einsum("bqhd,bkhd->bhqk", qc, k,
+                        preferred_element_type=jnp.float32) * scale
+    attn = jax.nn.softmax(logits, -1)
+    return jnp.einsum("bhqk,bkhd->bqhd", attn.astype(v.dtype), v)
+
+  out = jax.lax.map(one, qp)                      # (m, B, chunk, H, dv)
+  out = jnp.moveaxis(out, 0, 1).reshape(b, m * chunk, h, v.shape[-1])
+  return out[:, :n]
+
+
 class ConvSelfAttention(nn.Module):
   """Convolutional multi-head self-attention with a residual add (MTH).
 
@@ -115,8 +141,11 @@ class ConvSelfAttention(nn.Module):
       y = x + gamma * proj(O).
   gamma is 1 (plain residual, as MTH describes) unless `learnable_gamma`,
   where it is a learned scalar initialised at 0 (SAGAN), which starts the
-  block as the identity. Memory is O(num_heads * N^2): use it on the small
-  late feature maps.
+  block as the identity. Memory is O(num_heads * N^2) unless `chunk_size`
+  > 0, where the queries are processed `chunk_size` at a time
+  (`chunked_attention`, O(num_heads * chunk_size * N), same values): that is
+  what makes MTH's full 64 x 64 x 144 map (N = 4096) affordable at paper
+  scale. The chunked form does not sow the attention map.
 
   Attributes:
     num_heads: heads (must divide qk_channels and C).
@@ -125,6 +154,7 @@ class ConvSelfAttention(nn.Module):
   num_heads: int = 4
   qk_channels: Optional[int] = None
   learnable_gamma: bool = False
+  chunk_size: int = 0
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -138,11 +168,15 @@ class ConvSelfAttention(nn.Module):
     q = _conv(qk, 1, self.dtype, "query")(x).reshape(b, h * w, nh, qk // nh)
     k = _conv(qk, 1, self.dtype, "key")(x).reshape(b, h * w, nh, qk // nh)
     v = _conv(c, 1, self.dtype, "value")(x).reshape(b, h * w, nh, c // nh)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,
-                        preferred_element_type=jnp.float32)
-    attn = jax.nn.softmax(logits / jnp.sqrt(qk // nh).astype(jnp.float32), -1)
-    self.sow("intermediates", "attention", attn)
-    o = jnp.einsum("bhqk,bkhd->bqhd", attn.astype(v.dtype), v)
+    if self.chunk_size:
+      o = chunked_attention(q, k, v, self.chunk_size)
+    else:
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,
+                          preferred_element_type=jnp.float32)
+      attn = jax.nn.softmax(logits / jnp.sqrt(qk // nh).astype(jnp.float32),
+                            -1)
+      self.sow("intermediates", "attention", attn)
+      o = jnp.einsum("bhqk,bkhd->bqhd", attn.astype(v.dtype), v)
     o = _conv(c, 1, self.dtype, "proj")(o.reshape(b, h, w, c))
     if self.learnable_gamma:
       gamma = self.param("gamma", nn.initializers.zeros, (), jnp.float32)

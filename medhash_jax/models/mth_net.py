@@ -98,6 +98,9 @@ class MTHNet(nn.Module):
     attention_size: max side of the map the self-attention sees (0 = never
       pool further).
     num_heads: heads of the self-attention.
+    attention_chunk: queries per chunk of a memory-efficient attention (0 =
+      naive N x N); with attention_size=0 and a chunk (e.g. 512) the
+      attention sees the full map, as the paper does.
     fc_dim: the FC layer before the heads (1024).
     dropout_rate: dropout after the FC layer.
   """
@@ -110,6 +113,7 @@ class MTHNet(nn.Module):
   pool_size: int = 2
   attention_size: int = 16
   num_heads: int = 4
+  attention_chunk: int = 0
   fc_dim: int = 1024
   dropout_rate: float = 0.0
   hash_activation: str = "tanh"
@@ -125,6 +129,7 @@ class MTHNet(nn.Module):
         tuple(self.kernel_sizes), self.filters, self.growth, self.num_layers,
         pool_size=self.pool_size, dtype=self.dtype)
     self.attention = ConvSelfAttention(num_heads=self.num_heads,
+                                       chunk_size=self.attention_chunk,
                                        dtype=self.dtype)
     self.dense = DenseBlock(self.num_layers, self.growth, 4, self.dtype)
     self.norm = nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype,
