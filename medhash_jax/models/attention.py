@@ -75,6 +75,19 @@ class CBAM(nn.Module):
     return x * ms.astype(x.dtype)
 
 
+def spatial_descriptors(x, pool_size: int, reading: str = "stacked"):
+  """SA-Hash's descriptor maps of F (B, H, W, C) -> (B, H, W, 2 or 3):
+  [max_c F, mean_c F, third], third = mean_c maxpool_p(F) ("stacked") or
+  max_c maxpool_p(F) ("separate"); p x p window, stride 1, SAME."""
+  desc = [jnp.max(x, axis=-1), jnp.mean(x, axis=-1)]
+  if pool_size > 0:
+    p = pool_size
+    pooled = nn.max_pool(x, (p, p), strides=(1, 1), padding="SAME")
+    desc.append(jnp.max(pooled, axis=-1) if reading == "separate"
+                else jnp.mean(pooled, axis=-1))
+  return jnp.stack(desc, axis=-1)
+
+
 class SpatialAttention(nn.Module):
   """SA-Hash spatial attention (Guan et al., J. Image Graphics 2023).
 
@@ -87,20 +100,33 @@ class SpatialAttention(nn.Module):
   (a local max-pool, reduced over channels) keeps the map's resolution and
   adds information the two channel pools do not carry. `pool_size=0` drops
   it (the CBAM-style two-descriptor variant).
+
+  The OCR-damaged text admits a second reading (issue #21), suggested by
+  Table 4's names F_maxc / F_avgp / F_maxp: `reading="separate"` keeps
+  CBAM's channel max / channel avg pair in one conv and gives the max-pool
+  descriptor, max_c maxpool_{p x p}(F), its own k x k conv:
+    A = sigmoid(conv_k([max_c F; mean_c F]) + conv_k(max_c maxpool_p F)).
+  `reading="stacked"` (default) is the three-channel form above. Which one
+  matches Table 4's ordering has not been measured yet (no ablation run).
   """
   kernel_size: int = 7
   pool_size: int = 3
+  reading: str = "stacked"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    desc = [jnp.max(x, axis=-1), jnp.mean(x, axis=-1)]
-    if self.pool_size > 0:
-      p = self.pool_size
-      pooled = nn.max_pool(x, (p, p), strides=(1, 1), padding="SAME")
-      desc.append(jnp.mean(pooled, axis=-1))
-    desc = jnp.stack(desc, axis=-1)
-    a = nn.sigmoid(_conv(1, self.kernel_size, self.dtype, "conv")(desc))
+    if self.reading not in ("stacked", "separate"):
+      raise ValueError(f"SpatialAttention reading must be 'stacked' or "
+                       f"'separate', got {self.reading!r}")
+    desc = spatial_descriptors(x, self.pool_size, self.reading)
+    if self.reading == "separate" and self.pool_size > 0:
+      z = (_conv(1, self.kernel_size, self.dtype, "conv")(desc[..., :2]) +
+           _conv(1, self.kernel_size, self.dtype, "conv_maxpool")(
+               desc[..., 2:]))
+      a = nn.sigmoid(z)
+    else:
+      a = nn.sigmoid(_conv(1, self.kernel_size, self.dtype, "conv")(desc))
     self.sow("intermediates", "spatial_map", a)
     return x * a.astype(x.dtype)
 

@@ -206,9 +206,10 @@ def mth(*, num_bits: int, num_classes: int = 0, small_input: bool = False,
 def sa_hash(*, num_bits: int, num_classes: int = 0, backbone: str = "resnet50",
             small_input: bool = False, width: int = 64, kernel_size: int = 7,
             pool_size: int = 3, fc_dim: int = 1024, dropout_rate: float = 0.0,
-            hash_activation: str = "tanh", dtype="float32") -> nn.Module:
+            hash_activation: str = "tanh", dtype="float32",
+            attention_reading: str = "stacked") -> nn.Module:
   """SA-Hash: ResNet + feature-refined blocks + spatial attention
-  (sa_hash_net.py)."""
+  (sa_hash_net.py); attention_reading = the third descriptor's reading."""
   dtype = backbones.canonical_dtype(dtype)
   bb = _system_backbone(backbone, width=width, small_input=small_input,
                         dtype=dtype)
@@ -216,6 +217,7 @@ def sa_hash(*, num_bits: int, num_classes: int = 0, backbone: str = "resnet50",
                    num_classes=int(num_classes),
                    refine_features=bb.out_features // 4,
                    kernel_size=int(kernel_size), pool_size=int(pool_size),
+                   attention_reading=str(attention_reading),
                    fc_dim=int(fc_dim), dropout_rate=float(dropout_rate),
                    hash_activation=hash_activation, dtype=dtype)
 
