@@ -10,7 +10,8 @@ so `step.py` and `loop.py` stay independent of any one method.
 Conventions relied on (see medhash_jax/models and medhash_jax/losses):
   model(x, train=bool, beta=scalar) -> {"codes_real" (B, K), "logits" (B, C)
     or None, "features" (B, D)}; `beta` is the tanh(beta z) continuation.
-  loss(*, codes, labels, features, logits, label_mask, triplets, **hyper) ->
+  loss(*, codes, labels, features, logits, label_mask, triplets, code_logits,
+       **hyper) ->
     (scalar, {term: scalar}) (losses/__init__.py); it is passed the inputs it
     declares (`loss_fn.inputs`) plus config.loss.kwargs.
 
