@@ -10,6 +10,11 @@ Every key, with its meaning, is in medhash_jax/train/defaults.py. Variants
   smoke   a real staged dataset (BreastMNIST, 28 px, official split), a tiny
           ResNet-18 (width 8, small-input stem), 16 bits, 40 steps: under a
           minute on a laptop CPU; used by the tests and CI.
+
+Initialisation: the papers fine-tune ImageNet-pretrained backbones; here
+every model starts from random weights unless `init_from` is given (an orbax
+checkpoint, or torchvision .pth / .safetensors weights through the converter
+in medhash_jax/models/convert.py), e.g. --config.init_from=resnet50.pth.
 """
 
 import ml_collections

@@ -17,7 +17,19 @@ The paper's data (ChestX-ray8, CheXpert) is not staged; the default is the
 staged chest X-ray set, COVID-19 Radiography, seed split 1:3:3 at 224 px.
 The optimiser is base.py's (SGD momentum 0.9, cosine, hash layer 10x, weight
 decay 5e-4) at lr 0.003 instead of 0.01 (the contrastive loss collapses at
-0.01); the paper's own values are not reproduced here.
+0.01); the paper's own values are not reproduced here. The OCR of the
+paper still shows lr 0.001; that value is to be tried on validation
+(issue #21, not yet run).
+
+As in the paper's code: weight decay on every parameter, biases and
+BatchNorm included (optim.decay_bias_and_norm=True). Chosen here: no
+horizontal flip (data.augment.hflip=False) on the paper-scale chest X-ray
+data, since the heart is on one side; the smoke variant (BreastMNIST) keeps
+base.py's flip.
+
+Pretrained initialisation: the paper fine-tunes an ImageNet ResNet-50; here
+it starts from random weights unless `init_from` is given
+(--config.init_from=resnet50.pth, converted by medhash_jax/models/convert.py).
 """
 
 import os
@@ -51,6 +63,12 @@ def get_config(arg=None):
     c.data.name = "covid19_radiography"
     c.data.split = "seed"
     c.data.image_size = 224
+    # Chest X-rays are not left-right symmetric (the heart is on the left):
+    # no horizontal flip by default (issue #21).
+    c.data.augment.hflip = False
+  # The paper's PyTorch code decays every parameter (torch.optim weight_decay
+  # does not exclude biases / BatchNorm): so do we (issue #21).
+  c.optim.decay_bias_and_norm = True
   c.optim.learning_rate = 0.003
   c.loss.kwargs = ml_collections.ConfigDict(dict(
       multi_label=common.is_multi_label(c.data.name)))

@@ -141,8 +141,10 @@ SUITES: Dict[str, Suite] = {
     "paper_gpu": Suite(
         name="paper_gpu",
         description="Paper scale for one GPU: the methods' own configs "
-        "(ResNet-50 / DenseNet-121 / MTH at 224 px, ImageNet stem, no "
-        "pretrained weights) on HAM10000 with lesion-grouped seed splits; the "
+        "(ResNet-50 / DenseNet-121 at 224 px with the ImageNet stem, MTH at "
+        "224 px; random initialisation -- the papers fine-tune ImageNet "
+        "weights: add --set init_from=PATH for converted torchvision "
+        "weights) on HAM10000 with lesion-grouped seed splits; the "
         "staged images are 128 px, so 224 px is an upsampling. "
         "launch/gpu_session.sh runs it inside a time budget.",
         methods=ALL_DEEP, seeds=(0,), variant="",
@@ -153,8 +155,11 @@ SUITES: Dict[str, Suite] = {
                    "train.checkpoint_every_steps": 1000,
                    "data.num_workers": 8,
                    "ath.classifier.num_steps": 2000},
-        # MTH's own config reads 64 px at full resolution; here it reads
-        # 224 px through the /4 ImageNet stem, so its dense blocks see 56 px.
+        # MTH's own config reads 64 px with 2x2 pools. MTHNet has no stem:
+        # at 224 px (small_input=False) its three dense blocks run at the
+        # full 224 x 224 resolution and each is followed by a 4x4 max pool
+        # (224 -> 56), then the map is max-pooled to <= 16 x 16 positions for
+        # the self-attention (model.kwargs.attention_size).
         method_overrides={"mth": {"data.image_size": 224,
                                   "model.kwargs.small_input": False}}),
 }

@@ -3,7 +3,8 @@
 Calling convention (every entry of `LOSSES`, via `get_loss(name)`):
 
     loss, terms = loss_fn(*, codes, labels, features=None, logits=None,
-                          triplets=None, label_mask=None, **hyper)
+                          triplets=None, label_mask=None, code_logits=None,
+                          **hyper)
 
   codes       (B, K) float  the model's relaxed codes ("codes_real")
   labels      (B, C) float  multi-hot (int (B,) class ids where C is not needed)
@@ -13,6 +14,8 @@ Calling convention (every entry of `LOSSES`, via `get_loss(name)`):
                             with a negative index are ignored; None = every
                             valid triplet of the batch (DTSH, MTH)
   label_mask  (B, C) float  1 where a label is known (BCE)
+  code_logits (B, C) float  a projection rho of the codes onto the classes
+                            (MTH's semantic term; MTHNet's "code_logits")
   **hyper     the loss's hyper-parameters (see its docstring)
   -> loss: float32 scalar; terms: dict name -> float32 scalar (unweighted)
 

@@ -44,7 +44,7 @@ def sa_hash(*, codes, labels, logits=None, margin=None,
 
 def ath(*, codes, labels, logits=None, alpha: float = 0.1,
         classification_weight: float = 1.0, multi_label: bool = True,
-        label_mask=None):
+        label_mask=None, reduction: str = "sum"):
   """ATH-GradCAM (seed 000): Zhu et al., "Deep hash retrieval for medical
   images based on attention mechanism", Computer Science 2022.
 
@@ -54,14 +54,28 @@ def ath(*, codes, labels, logits=None, alpha: float = 0.1,
   alpha < 1) on the concatenated global + local code; BCE is averaged over
   classes (softmax CE when multi_label=False).
 
+  Reduction of the likelihood: Eq. 10 is a *sum* over the |P| = B(B - 1)
+  ordered pairs, L = sum_P w_ij [...]; the paper's learning rate (1e-4)
+  was set for that sum. reduction="sum" (default, the paper's form)
+  multiplies the pair mean by |P|; reduction="mean" divides by |P| (the
+  HashNet reference code's form, |P| = 992 times smaller gradients at batch
+  32, and what this loss computed before issue #21).
+
   Args:
     codes: (B, K) the concatenated code.  labels: (B, C) multi-hot.
     logits: (B, C) -- required unless classification_weight = 0.
     label_mask: optional (B, C) known-label mask for the BCE.
+    reduction: "sum" (Eq. 10 as printed) or "mean" over the pairs.
   Returns:
     (loss, {"likelihood", "classification"}).
   """
+  if reduction not in ("sum", "mean"):
+    raise ValueError(f"ath: reduction must be 'sum' or 'mean', got "
+                     f"{reduction!r}")
   lik, _ = pairwise.hashnet(codes=codes, labels=labels, alpha=alpha)
+  if reduction == "sum":
+    b = codes.shape[0]
+    lik = lik * float(b * (b - 1))
   if classification_weight:
     common.require(logits, "logits", "ath",
                    "the class head's output; or set classification_weight=0")

@@ -29,7 +29,8 @@ from medhash_jax.losses import triplet
 
 # The inputs the trainer may pass to any loss (everything else is a
 # hyper-parameter of that loss).
-INPUTS = ("codes", "labels", "features", "logits", "triplets", "label_mask")
+INPUTS = ("codes", "labels", "features", "logits", "triplets", "label_mask",
+          "code_logits")
 
 LossFn = Callable[..., Tuple[Any, Dict[str, Any]]]
 
@@ -43,13 +44,14 @@ def _uniform(fn: Callable, name: str) -> LossFn:
 
   @functools.wraps(fn)
   def call(*, codes=None, labels=None, features=None, logits=None,
-           triplets=None, label_mask=None, **hyper_kwargs):
+           triplets=None, label_mask=None, code_logits=None, **hyper_kwargs):
     unknown = sorted(set(hyper_kwargs) - set(hyper))
     if unknown:
       raise TypeError(f"loss {name!r} got unknown hyper-parameters {unknown}; "
                       f"valid: {sorted(hyper)}")
     given = dict(codes=codes, labels=labels, features=features, logits=logits,
-                 triplets=triplets, label_mask=label_mask)
+                 triplets=triplets, label_mask=label_mask,
+                 code_logits=code_logits)
     for n in required:
       if given[n] is None:
         raise ValueError(f"loss {name!r} needs `{n}` but it was not given")

@@ -45,9 +45,9 @@ def dtsh(*, codes, labels, triplets=None, margin: float = 5.0,
 
 
 def mth(*, codes, labels, features=None, logits=None, triplets=None,
-        eta: Optional[float] = None, delta: float = 0.5,
+        code_logits=None, eta: Optional[float] = None, delta: float = 0.5,
         hierarchical_weight: float = 1.0, category_weight: float = 1.0,
-        multi_label: bool = False):
+        multi_label: bool = False, semantic: str = "projection"):
   """MTH, multi-scale triplet hashing (seed 001): semantic term
   + alpha x hierarchical similarity + beta x category term.
 
@@ -56,7 +56,13 @@ def mth(*, codes, labels, features=None, logits=None, triplets=None,
       d_f(i, j) = ||f^_i - f^_j||^2,  f^ = f / ||f||   (deep features, in [0, 4])
       L_h = mean_T max(0, d_c(a,p) - d_c(a,n) + eta)
           + mean_T max(0, d_f(a,p) - d_f(a,n) + delta)
-    Semantic term, pairwise similarity preserved by the code inner product:
+    Semantic term (the paper's, semantic="projection"): cross-entropy of a
+    projection rho of the hash-like codes onto the C classes (the model's
+    "code_logits" = rho(u), a Dense K -> C):
+      L_s = softmax cross-entropy(rho(u), y)   (sigmoid BCE if multi_label)
+    semantic="pairwise" is NOT the paper's term (the form used here before
+    issue #21), kept as an ablation: code inner products regressed onto the
+    pair similarity,
       L_s = mean_P (u_i . u_j / K - (2 S_ij - 1))^2
     Category term, the class layer beside the hash layer:
       L_c = softmax cross-entropy(logits, y)   (sigmoid BCE if multi_label)
@@ -67,15 +73,25 @@ def mth(*, codes, labels, features=None, logits=None, triplets=None,
     features: (B, D) deep features (the FC-1024 output) -- required.
     logits: (B, C) class-layer logits -- required unless category_weight = 0.
     triplets: optional int (T, 3); None = all valid triplets of the batch.
+    code_logits: (B, C) rho(u) -- required when semantic="projection".
     eta: code margin in Hamming units; None = K / 8.
     delta: feature margin on unit-normalised features.
     hierarchical_weight: alpha.  category_weight: beta.
-    multi_label: sigmoid BCE instead of softmax CE for the category term.
+    multi_label: sigmoid BCE instead of softmax CE for the category and
+      (projection) semantic terms.
+    semantic: "projection" (the paper's) or "pairwise" (not the paper's).
   Returns:
     (loss, {"semantic", "hierarchical_codes", "hierarchical_features",
             "category"}).
   """
   u = common.check_codes(codes, "mth")
+  if semantic not in ("projection", "pairwise"):
+    raise ValueError(f"mth: semantic must be 'projection' or 'pairwise', got "
+                     f"{semantic!r}")
+  if semantic == "projection":
+    common.require(code_logits, "code_logits", "mth",
+                   "the model's projection of the codes onto the classes "
+                   "(MTHNet with num_classes > 0); or semantic='pairwise'")
   f = common.require(features, "features", "mth",
                      "the model output's deep features, shape (B, D)")
   if category_weight:
@@ -89,9 +105,13 @@ def mth(*, codes, labels, features=None, logits=None, triplets=None,
   f = common.l2_normalize(jnp.asarray(f, jnp.float32))
   df_ap, df_an, _ = common.triplet_values(common.sq_dists(f), labels, triplets)
   h_feats = common.pair_mean(jnp.maximum(df_ap - df_an + delta, 0.0), mask)
-  s = common.similarity(labels)
-  pmask = common.off_diagonal(u.shape[0])
-  sem = common.pair_mean((u @ u.T / k - (2.0 * s - 1.0)) ** 2, pmask)
+  if semantic == "projection":
+    sem = (common.sigmoid_xent(code_logits, labels) if multi_label
+           else common.softmax_xent(code_logits, labels))
+  else:
+    s = common.similarity(labels)
+    pmask = common.off_diagonal(u.shape[0])
+    sem = common.pair_mean((u @ u.T / k - (2.0 * s - 1.0)) ** 2, pmask)
   if category_weight:
     cat = (common.sigmoid_xent(logits, labels) if multi_label
            else common.softmax_xent(logits, labels))

@@ -75,6 +75,19 @@ class CBAM(nn.Module):
     return x * ms.astype(x.dtype)
 
 
+def spatial_descriptors(x, pool_size: int, reading: str = "stacked"):
+  """SA-Hash's descriptor maps of F (B, H, W, C) -> (B, H, W, 2 or 3):
+  [max_c F, mean_c F, third], third = mean_c maxpool_p(F) ("stacked") or
+  max_c maxpool_p(F) ("separate"); p x p window, stride 1, SAME."""
+  desc = [jnp.max(x, axis=-1), jnp.mean(x, axis=-1)]
+  if pool_size > 0:
+    p = pool_size
+    pooled = nn.max_pool(x, (p, p), strides=(1, 1), padding="SAME")
+    desc.append(jnp.max(pooled, axis=-1) if reading == "separate"
+                else jnp.mean(pooled, axis=-1))
+  return jnp.stack(desc, axis=-1)
+
+
 class SpatialAttention(nn.Module):
   """SA-Hash spatial attention (Guan et al., J. Image Graphics 2023).
 
@@ -87,22 +100,61 @@ class SpatialAttention(nn.Module):
   (a local max-pool, reduced over channels) keeps the map's resolution and
   adds information the two channel pools do not carry. `pool_size=0` drops
   it (the CBAM-style two-descriptor variant).
+
+  The OCR-damaged text admits a second reading (issue #21), suggested by
+  Table 4's names F_maxc / F_avgp / F_maxp: `reading="separate"` keeps
+  CBAM's channel max / channel avg pair in one conv and gives the max-pool
+  descriptor, max_c maxpool_{p x p}(F), its own k x k conv:
+    A = sigmoid(conv_k([max_c F; mean_c F]) + conv_k(max_c maxpool_p F)).
+  `reading="stacked"` (default) is the three-channel form above. Which one
+  matches Table 4's ordering has not been measured yet (no ablation run).
   """
   kernel_size: int = 7
   pool_size: int = 3
+  reading: str = "stacked"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    desc = [jnp.max(x, axis=-1), jnp.mean(x, axis=-1)]
-    if self.pool_size > 0:
-      p = self.pool_size
-      pooled = nn.max_pool(x, (p, p), strides=(1, 1), padding="SAME")
-      desc.append(jnp.mean(pooled, axis=-1))
-    desc = jnp.stack(desc, axis=-1)
-    a = nn.sigmoid(_conv(1, self.kernel_size, self.dtype, "conv")(desc))
+    if self.reading not in ("stacked", "separate"):
+      raise ValueError(f"SpatialAttention reading must be 'stacked' or "
+                       f"'separate', got {self.reading!r}")
+    desc = spatial_descriptors(x, self.pool_size, self.reading)
+    if self.reading == "separate" and self.pool_size > 0:
+      z = (_conv(1, self.kernel_size, self.dtype, "conv")(desc[..., :2]) +
+           _conv(1, self.kernel_size, self.dtype, "conv_maxpool")(
+               desc[..., 2:]))
+      a = nn.sigmoid(z)
+    else:
+      a = nn.sigmoid(_conv(1, self.kernel_size, self.dtype, "conv")(desc))
     self.sow("intermediates", "spatial_map", a)
     return x * a.astype(x.dtype)
+
+
+def chunked_attention(q, k, v, chunk: int):
+  """softmax(q k^T / sqrt(d)) v over query chunks: the same values as the
+  naive form, with O(heads * chunk * N) live memory instead of O(heads *
+  N^2), forward and backward (each chunk is rematerialised under
+  jax.checkpoint). q, k: (B, N, H, d); v: (B, N, H, dv) -> (B, N, H, dv).
+  The last chunk is zero-padded (padded query rows are dropped; keys are
+  never padded, so no masking is needed)."""
+  b, n, h, d = q.shape
+  chunk = max(1, min(int(chunk), n))
+  m = -(-n // chunk)
+  qp = jnp.pad(q, ((0, 0), (0, m * chunk - n), (0, 0), (0, 0)))
+  qp = jnp.moveaxis(qp.reshape(b, m, chunk, h, d), 1, 0)
+  scale = 1.0 / jnp.sqrt(jnp.float32(d))
+
+  @jax.checkpoint
+  def one(qc):
+    logits = jnp.einsum("bqhd,bkhd->bhqk", qc, k,
+                        preferred_element_type=jnp.float32) * scale
+    attn = jax.nn.softmax(logits, -1)
+    return jnp.einsum("bhqk,bkhd->bqhd", attn.astype(v.dtype), v)
+
+  out = jax.lax.map(one, qp)                      # (m, B, chunk, H, dv)
+  out = jnp.moveaxis(out, 0, 1).reshape(b, m * chunk, h, v.shape[-1])
+  return out[:, :n]
 
 
 class ConvSelfAttention(nn.Module):
@@ -115,8 +167,11 @@ class ConvSelfAttention(nn.Module):
       y = x + gamma * proj(O).
   gamma is 1 (plain residual, as MTH describes) unless `learnable_gamma`,
   where it is a learned scalar initialised at 0 (SAGAN), which starts the
-  block as the identity. Memory is O(num_heads * N^2): use it on the small
-  late feature maps.
+  block as the identity. Memory is O(num_heads * N^2) unless `chunk_size`
+  > 0, where the queries are processed `chunk_size` at a time
+  (`chunked_attention`, O(num_heads * chunk_size * N), same values): that is
+  what makes MTH's full 64 x 64 x 144 map (N = 4096) affordable at paper
+  scale. The chunked form does not sow the attention map.
 
   Attributes:
     num_heads: heads (must divide qk_channels and C).
@@ -125,6 +180,7 @@ class ConvSelfAttention(nn.Module):
   num_heads: int = 4
   qk_channels: Optional[int] = None
   learnable_gamma: bool = False
+  chunk_size: int = 0
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -138,11 +194,15 @@ class ConvSelfAttention(nn.Module):
     q = _conv(qk, 1, self.dtype, "query")(x).reshape(b, h * w, nh, qk // nh)
     k = _conv(qk, 1, self.dtype, "key")(x).reshape(b, h * w, nh, qk // nh)
     v = _conv(c, 1, self.dtype, "value")(x).reshape(b, h * w, nh, c // nh)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,
-                        preferred_element_type=jnp.float32)
-    attn = jax.nn.softmax(logits / jnp.sqrt(qk // nh).astype(jnp.float32), -1)
-    self.sow("intermediates", "attention", attn)
-    o = jnp.einsum("bhqk,bkhd->bqhd", attn.astype(v.dtype), v)
+    if self.chunk_size:
+      o = chunked_attention(q, k, v, self.chunk_size)
+    else:
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,
+                          preferred_element_type=jnp.float32)
+      attn = jax.nn.softmax(logits / jnp.sqrt(qk // nh).astype(jnp.float32),
+                            -1)
+      self.sow("intermediates", "attention", attn)
+      o = jnp.einsum("bhqk,bkhd->bqhd", attn.astype(v.dtype), v)
     o = _conv(c, 1, self.dtype, "proj")(o.reshape(b, h, w, c))
     if self.learnable_gamma:
       gamma = self.param("gamma", nn.initializers.zeros, (), jnp.float32)

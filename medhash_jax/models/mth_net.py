@@ -11,6 +11,9 @@
          = the feature map (Grad-CAM's layer)
       -> global average pool -> FC-1024 + ReLU = features
       -> hash layer tanh(beta z) (K)   and   class layer (C, softmax in the loss)
+      -> projection rho of the hash-like codes onto the C classes
+         ("code_logits", Dense K -> C): the input of the paper's semantic
+         term L_s (seed 001 section 3.3, cross-entropy of rho(u))
 
 Choices the description leaves open, made here and configurable:
   * pooling: `pool_size` x `pool_size` max pool with that stride after each
@@ -95,6 +98,9 @@ class MTHNet(nn.Module):
     attention_size: max side of the map the self-attention sees (0 = never
       pool further).
     num_heads: heads of the self-attention.
+    attention_chunk: queries per chunk of a memory-efficient attention (0 =
+      naive N x N); with attention_size=0 and a chunk (e.g. 512) the
+      attention sees the full map, as the paper does.
     fc_dim: the FC layer before the heads (1024).
     dropout_rate: dropout after the FC layer.
   """
@@ -107,6 +113,7 @@ class MTHNet(nn.Module):
   pool_size: int = 2
   attention_size: int = 16
   num_heads: int = 4
+  attention_chunk: int = 0
   fc_dim: int = 1024
   dropout_rate: float = 0.0
   hash_activation: str = "tanh"
@@ -115,10 +122,14 @@ class MTHNet(nn.Module):
   def setup(self):
     self.hash, self.classifier = heads.build_heads(
         self.num_bits, self.num_classes, self.hash_activation, self.dtype)
+    if self.num_classes > 0:
+      self.projection = nn.Dense(self.num_classes, dtype=self.dtype,
+                                 param_dtype=jnp.float32, name="projection")
     self.multi_scale = MultiScaleDenseModule(
         tuple(self.kernel_sizes), self.filters, self.growth, self.num_layers,
         pool_size=self.pool_size, dtype=self.dtype)
     self.attention = ConvSelfAttention(num_heads=self.num_heads,
+                                       chunk_size=self.attention_chunk,
                                        dtype=self.dtype)
     self.dense = DenseBlock(self.num_layers, self.growth, 4, self.dtype)
     self.norm = nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype,
@@ -141,8 +152,13 @@ class MTHNet(nn.Module):
   def from_feature_map(self, fmap, train: bool = False, beta=1.0,
                        return_feature_map: bool = False) -> Dict[str, Any]:
     feats = self.fc(jnp.mean(fmap, axis=(1, 2)), train)
-    return heads.head_outputs(self, feats, beta,
-                              fmap if return_feature_map else None)
+    out = heads.head_outputs(self, feats, beta,
+                             fmap if return_feature_map else None)
+    if self.num_classes > 0:
+      # rho: the semantic term's projection of the codes onto the classes.
+      out["code_logits"] = jnp.asarray(
+          self.projection(out["codes_real"]), jnp.float32)
+    return out
 
   def __call__(self, x, train: bool = False, beta=1.0,
                return_feature_map: bool = False) -> Dict[str, Any]:

@@ -184,9 +184,11 @@ def mth(*, num_bits: int, num_classes: int = 0, small_input: bool = False,
         kernel_sizes: Sequence[int] = (1, 3, 5),
         pool_size: Optional[int] = None, attention_size: int = 16,
         num_heads: int = 4, fc_dim: int = 1024, dropout_rate: float = 0.0,
-        hash_activation: str = "tanh", dtype="float32") -> nn.Module:
+        hash_activation: str = "tanh", dtype="float32",
+        attention_chunk: int = 0) -> nn.Module:
   """MTH: multi-scale dense blocks + conv self-attention (mth_net.py);
-  pool_size None = 2 for small inputs, 4 for ~224 px."""
+  pool_size None = 2 for small inputs, 4 for ~224 px; attention_size=0 with
+  attention_chunk > 0 = memory-efficient attention over the full map."""
   if pool_size is None:
     pool_size = 2 if small_input else 4
   return MTHNet(num_bits=int(num_bits), num_classes=int(num_classes),
@@ -194,7 +196,8 @@ def mth(*, num_bits: int, num_classes: int = 0, small_input: bool = False,
                 num_layers=int(num_layers),
                 kernel_sizes=tuple(int(k) for k in kernel_sizes),
                 pool_size=int(pool_size), attention_size=int(attention_size),
-                num_heads=int(num_heads), fc_dim=int(fc_dim),
+                num_heads=int(num_heads),
+                attention_chunk=int(attention_chunk), fc_dim=int(fc_dim),
                 dropout_rate=float(dropout_rate),
                 hash_activation=hash_activation,
                 dtype=backbones.canonical_dtype(dtype))
@@ -203,9 +206,10 @@ def mth(*, num_bits: int, num_classes: int = 0, small_input: bool = False,
 def sa_hash(*, num_bits: int, num_classes: int = 0, backbone: str = "resnet50",
             small_input: bool = False, width: int = 64, kernel_size: int = 7,
             pool_size: int = 3, fc_dim: int = 1024, dropout_rate: float = 0.0,
-            hash_activation: str = "tanh", dtype="float32") -> nn.Module:
+            hash_activation: str = "tanh", dtype="float32",
+            attention_reading: str = "stacked") -> nn.Module:
   """SA-Hash: ResNet + feature-refined blocks + spatial attention
-  (sa_hash_net.py)."""
+  (sa_hash_net.py); attention_reading = the third descriptor's reading."""
   dtype = backbones.canonical_dtype(dtype)
   bb = _system_backbone(backbone, width=width, small_input=small_input,
                         dtype=dtype)
@@ -213,6 +217,7 @@ def sa_hash(*, num_bits: int, num_classes: int = 0, backbone: str = "resnet50",
                    num_classes=int(num_classes),
                    refine_features=bb.out_features // 4,
                    kernel_size=int(kernel_size), pool_size=int(pool_size),
+                   attention_reading=str(attention_reading),
                    fc_dim=int(fc_dim), dropout_rate=float(dropout_rate),
                    hash_activation=hash_activation, dtype=dtype)
 

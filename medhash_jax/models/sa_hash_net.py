@@ -44,6 +44,8 @@ class SAHashNet(nn.Module):
       output is 4x this and must equal the backbone's channels (512 for
       ResNet-50's 2048).
     kernel_size, pool_size: the spatial attention's conv and max-pool sizes.
+    attention_reading: "stacked" | "separate", the two readings of the third
+      descriptor (attention.SpatialAttention).
     fc_dim: the FC layer after the fusion (0 = none, the hash layer reads the
       concatenation directly).
     dropout_rate: dropout after the FC layer.
@@ -54,6 +56,7 @@ class SAHashNet(nn.Module):
   refine_features: int = 512
   kernel_size: int = 7
   pool_size: int = 3
+  attention_reading: str = "stacked"
   fc_dim: int = 1024
   dropout_rate: float = 0.0
   hash_activation: str = "tanh"
@@ -65,6 +68,7 @@ class SAHashNet(nn.Module):
     self.global_refine = Bottleneck(self.refine_features, dtype=self.dtype)
     self.local_refine = Bottleneck(self.refine_features, dtype=self.dtype)
     self.spatial_attention = SpatialAttention(self.kernel_size, self.pool_size,
+                                              self.attention_reading,
                                               self.dtype)
     self.fc = FCStack((int(self.fc_dim),) if self.fc_dim else (),
                       self.dropout_rate, self.dtype)

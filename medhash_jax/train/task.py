@@ -10,7 +10,8 @@ so `step.py` and `loop.py` stay independent of any one method.
 Conventions relied on (see medhash_jax/models and medhash_jax/losses):
   model(x, train=bool, beta=scalar) -> {"codes_real" (B, K), "logits" (B, C)
     or None, "features" (B, D)}; `beta` is the tanh(beta z) continuation.
-  loss(*, codes, labels, features, logits, label_mask, triplets, **hyper) ->
+  loss(*, codes, labels, features, logits, label_mask, triplets, code_logits,
+       **hyper) ->
     (scalar, {term: scalar}) (losses/__init__.py); it is passed the inputs it
     declares (`loss_fn.inputs`) plus config.loss.kwargs.
 
@@ -167,6 +168,7 @@ class Task:
         "logits": out.get("logits"), "features": out.get("features"),
         "label_mask": batch.get("label_mask"),
         "triplets": batch.get("triplets"),
+        "code_logits": out.get("code_logits"),   # MTH's projection rho(u)
     }
     kwargs = {k: v for k, v in candidates.items()
               if v is not None and k in self._loss_inputs}

@@ -29,6 +29,16 @@ def _batch(seed=0, multi_label=True):
   return u, y, f, z
 
 
+# MTH's projection rho (a fixed Dense K -> C), applied to the codes by the
+# tests the way MTHNet's "code_logits" output does.
+_RHO_W = np.random.RandomState(99).randn(K, C).astype(np.float32) / 4
+_RHO_B = np.random.RandomState(98).randn(C).astype(np.float32)
+
+
+def _rho(u):
+  return u @ _RHO_W + _RHO_B
+
+
 def _sim(y, i, j):
   return 1.0 if float(y[i] @ y[j]) > 0 else 0.0
 
@@ -51,7 +61,12 @@ def _sigmoid(x):
 
 def _run(name, u, y, f=None, z=None, **hyper):
   loss, terms = losses.get_loss(name)(codes=jnp.asarray(u), labels=jnp.asarray(y),
-                                      features=f, logits=z, **hyper)
+                                      features=f, logits=z,
+                                      code_logits=(_rho(jnp.asarray(u))
+                                                   if np.shape(u)[1] == K
+                                                   and np.shape(y)[1:] == (C,)
+                                                   else None),
+                                      **hyper)
   assert loss.shape == () and all(t.shape == () for t in terms.values())
   return float(loss), {k: float(v) for k, v in terms.items()}
 
@@ -194,7 +209,8 @@ def np_bce(z, y, mask=None):
   return float((per * mask).sum() / mask.sum())
 
 
-def np_mth(u, y, f, z, eta=None, delta=0.5, alpha=1.0, beta=1.0):
+def np_mth(u, y, f, z, eta=None, delta=0.5, alpha=1.0, beta=1.0,
+           semantic="projection"):
   eta = K / 8 if eta is None else eta
   fn = f / np.linalg.norm(f, axis=1, keepdims=True)
   trips = _triplets(y)
@@ -202,8 +218,11 @@ def np_mth(u, y, f, z, eta=None, delta=0.5, alpha=1.0, beta=1.0):
                     np.sum((u[a] - u[n]) ** 2) / 4 + eta) for a, p, n in trips])
   hf = np.mean([max(0.0, np.sum((fn[a] - fn[p]) ** 2) -
                     np.sum((fn[a] - fn[n]) ** 2) + delta) for a, p, n in trips])
-  sem = np.mean([(u[i] @ u[j] / K - (2 * _sim(y, i, j) - 1)) ** 2
-                 for i, j in _pairs()])
+  if semantic == "projection":   # the paper's L_s: CE of rho(u)
+    sem = np_ce(u @ _RHO_W.astype(np.float64) + _RHO_B, y)
+  else:
+    sem = np.mean([(u[i] @ u[j] / K - (2 * _sim(y, i, j) - 1)) ** 2
+                   for i, j in _pairs()])
   return sem + alpha * (hc + hf) + beta * np_ce(z, y)
 
 
@@ -253,7 +272,7 @@ REFERENCES = {
     "csq": lambda u, y, f, z: np_csq(u, y),
     "dpn": lambda u, y, f, z: np_dpn(u, y),
     "sa_hash": lambda u, y, f, z: np_sa_hash(u, y, z),
-    "ath": lambda u, y, f, z: np_hashnet(u, y) + np_bce(z, y),
+    "ath": lambda u, y, f, z: B * (B - 1) * np_hashnet(u, y) + np_bce(z, y),
     "quantization": lambda u, y, f, z: np.mean((np.abs(u) - 1) ** 2),
     "softmax_ce": lambda u, y, f, z: np_ce(z, y),
     "sigmoid_bce": lambda u, y, f, z: np_bce(z, y),
@@ -283,7 +302,8 @@ def test_loss_gradients_are_finite(name):
   u[1], f[2] = 0.0, 0.0
   fn = losses.get_loss(name)
   g = jax.jit(jax.grad(
-      lambda u, f, z: fn(codes=u, labels=y, features=f, logits=z)[0],
+      lambda u, f, z: fn(codes=u, labels=y, features=f, logits=z,
+                         code_logits=_rho(u))[0],
       argnums=(0, 1, 2)))(jnp.asarray(u), jnp.asarray(f), jnp.asarray(z))
   for x in g:
     assert bool(jnp.all(jnp.isfinite(x))), name
@@ -418,9 +438,16 @@ def test_registry_and_convention_errors():
     assert name in str(e.value)
   u, y, f, z = _batch(6)
   with pytest.raises(ValueError, match="features"):
-    losses.get_loss("mth")(codes=u, labels=y, logits=z)
+    losses.get_loss("mth")(codes=u, labels=y, logits=z, code_logits=_rho(u))
   with pytest.raises(ValueError, match="logits"):
-    losses.get_loss("mth")(codes=u, labels=y, features=f)
+    losses.get_loss("mth")(codes=u, labels=y, features=f, code_logits=_rho(u))
+  with pytest.raises(ValueError, match="code_logits"):
+    losses.get_loss("mth")(codes=u, labels=y, features=f, logits=z)
+  with pytest.raises(ValueError, match="semantic"):
+    losses.get_loss("mth")(codes=u, labels=y, features=f, logits=z,
+                           code_logits=_rho(u), semantic="inner")
+  with pytest.raises(ValueError, match="reduction"):
+    losses.get_loss("ath")(codes=u, labels=y, logits=z, reduction="avg")
   with pytest.raises(ValueError, match="logits"):
     losses.get_loss("sa_hash")(codes=u, labels=y)
   with pytest.raises(ValueError, match="logits"):
@@ -430,7 +457,10 @@ def test_registry_and_convention_errors():
   with pytest.raises(TypeError, match="valid: .*quantization_weight"):
     losses.get_loss("dpsh")(codes=u, labels=y, margin=1.0)
   # Without the class-layer term, MTH and SA-Hash need no logits.
-  losses.get_loss("mth")(codes=u, labels=y, features=f, category_weight=0.0)
+  losses.get_loss("mth")(codes=u, labels=y, features=f, category_weight=0.0,
+                         code_logits=_rho(u))
+  losses.get_loss("mth")(codes=u, labels=y, features=f, category_weight=0.0,
+                         semantic="pairwise")
   losses.get_loss("sa_hash")(codes=u, labels=y, classification_weight=0.0)
   for name, fn in losses.LOSSES.items():
     params = inspect.signature(fn).parameters
@@ -456,6 +486,45 @@ def test_losses_on_a_sharded_global_batch():
   for name in ("hashnet", "mth", "csq"):
     fn = losses.get_loss(name)
     run = jax.jit(lambda u, y, f, z: fn(codes=u, labels=y, features=f,
-                                        logits=z)[0])
+                                        logits=z, code_logits=_rho(u))[0])
     sharded = run(*(jax.device_put(a, sh) for a in (u, y, f, z)))
     np.testing.assert_allclose(float(sharded), float(run(u, y, f, z)), rtol=1e-5)
+
+
+def test_mth_semantic_variants():
+  """The paper's L_s is the CE of rho(u) (catches: L_s computed from the
+  class layer's `logits` instead of `code_logits`); semantic="pairwise" is
+  the old inner-product regression (catches: the option silently ignored)."""
+  u, y, f, z = _batch(8, multi_label=False)
+  u64, f64, z64 = (a.astype(np.float64) for a in (u, f, z))
+  got, terms = _run("mth", u, y, f, z)
+  np.testing.assert_allclose(terms["semantic"],
+                             np_ce(u64 @ _RHO_W + _RHO_B, y), rtol=RTOL)
+  np.testing.assert_allclose(got, np_mth(u64, y, f64, z64), rtol=RTOL)
+  got, _ = _run("mth", u, y, f, z, semantic="pairwise")
+  np.testing.assert_allclose(got, np_mth(u64, y, f64, z64,
+                                         semantic="pairwise"), rtol=RTOL)
+  # multi-label: sigmoid BCE of rho(u).
+  u, y, f, z = _batch(9, multi_label=True)
+  _, terms = _run("mth", u, y, f, z, multi_label=True)
+  np.testing.assert_allclose(terms["semantic"],
+                             np_bce(u.astype(np.float64) @ _RHO_W + _RHO_B, y),
+                             rtol=RTOL)
+
+
+def test_ath_sum_reduction_scales_gradients_by_pair_count():
+  """Eq. 10 is a sum over the B(B - 1) pairs: the likelihood's gradient
+  under reduction="sum" is exactly |P| times the "mean" one (catches: sum
+  scaled by B**2 or B instead of B(B - 1), or "sum" ignored)."""
+  u, y, _, z = _batch(10)
+  def grad(red):
+    fn = losses.get_loss("ath")
+    return np.asarray(jax.grad(lambda u: fn(
+        codes=u, labels=y, logits=z, classification_weight=0.0,
+        reduction=red)[0])(jnp.asarray(u)), np.float64)
+  g_sum, g_mean = grad("sum"), grad("mean")
+  np.testing.assert_allclose(g_sum, B * (B - 1) * g_mean, rtol=1e-5,
+                             atol=1e-7)
+  _, t = _run("ath", u, y, z=z, reduction="mean")
+  np.testing.assert_allclose(t["likelihood"], np_hashnet(u.astype(np.float64), y),
+                             rtol=RTOL)

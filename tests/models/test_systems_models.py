@@ -145,6 +145,7 @@ def _mth_params(k=48, classes=14, filters=16, heads_fc=1024):
   dn, c = _dense_block(c)                   # 176
   n += dn + 2 * c                           # + final BN
   n += c * heads_fc + heads_fc + heads_fc * k + k + heads_fc * classes + classes
+  n += k * classes + classes                # rho: the semantic projection
   return n
 
 
@@ -162,6 +163,25 @@ def test_parameter_counts_at_paper_size(name, expected):
   assert _count(v["params"]) == expected
   out = jax.eval_shape(lambda v: model.apply(v, *args), v)
   assert out["codes_real"].shape == (1, 48)
+
+
+def test_mth_code_logits_are_a_projection_of_the_codes():
+  """MTH's semantic term reads rho(u) = u W + b (catches: rho applied to the
+  FC features, or to the pre-tanh z, instead of the codes)."""
+  model = models.get_model("mth", num_bits=16, num_classes=3, small_input=True,
+                           fc_dim=32)
+  x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  v = model.init(jax.random.key(0), x)
+  out = model.apply(v, x)
+  p = v["params"]["projection"]
+  np.testing.assert_allclose(
+      np.asarray(out["code_logits"]),
+      np.asarray(out["codes_real"]) @ np.asarray(p["kernel"]) +
+      np.asarray(p["bias"]), rtol=1e-5, atol=1e-6)
+  assert "code_logits" not in models.get_model(
+      "mth", num_bits=16, small_input=True, fc_dim=32).apply(
+          models.get_model("mth", num_bits=16, small_input=True,
+                           fc_dim=32).init(jax.random.key(0), x), x)
 
 
 def test_mth_attention_map_is_pooled_at_224():
