@@ -59,6 +59,8 @@ def record_ath(config, workdir: str, multi_label: Optional[bool]):
   run_files.update_record(workdir, ath={
       "classifier_dir": cls_dir if rel.startswith("..") else rel,
       "cam_mode": str(config[ath.SECTION].cam.modes.query),
+      # The block Grad-CAM reads ("" = the model's last feature map).
+      "cam_layer": ath.cam_layer(config) or "",
       "mask_margin": float(config.data.mask_margin),
       "multi_label": bool(multi_label if multi_label is not None else
                           config.loss.kwargs.get("multi_label", False))})

@@ -378,6 +378,7 @@ def _local_views(classifier: Dict[str, Any], ath: Dict[str, Any], rec):
           normalize=str(pre["normalize"]), augment=None)
       self._cam_fn = cam.make_cam_fn(
           model, classifier["variables"], mode=self.mode,
+          layer=str(ath.get("cam_layer", "")) or None,
           multi_label=bool(ath["multi_label"]), apply_kwargs={"train": False})
 
   return _Views()
