@@ -44,7 +44,8 @@ flags.DEFINE_enum("mode", "train",
                   "portable bundle (--output=DIR).")
 flags.DEFINE_multi_string("set", [], "evaluate/encode/search: key=value on "
                           "the run's saved config (operational or training "
-                          "keys only), e.g. --set=data.root=/new/place.")
+                          "keys only; typed as --config.key=value types it), "
+                          "e.g. --set=data.root=/new/place.")
 flags.DEFINE_bool("skip_bad", False, "encode/search: skip unreadable --input "
                   "files (listed in the output and the log) instead of "
                   "failing on the first.")
@@ -121,10 +122,10 @@ def main(argv):
   if not main_process and not FLAGS.log_all_processes:
     absl_logging.set_verbosity(absl_logging.WARNING)
   from medhash_jax import systems  # pylint: disable=g-import-not-at-top
-  from medhash_jax.experiments.suites import parse_setting  # pylint: disable=g-import-not-at-top
+  from medhash_jax.config.overrides import split_setting  # pylint: disable=g-import-not-at-top
   from medhash_jax.train import inference  # pylint: disable=g-import-not-at-top
   config, workdir = FLAGS.config, FLAGS.workdir
-  settings = [parse_setting(t) for t in FLAGS.set]
+  settings = [split_setting(t) for t in FLAGS.set]
   out = print if main_process else (lambda *a: None)
   if FLAGS.mode == "train":
     if config is None:

@@ -9,9 +9,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from medhash_jax.config.overrides import split_setting
 from medhash_jax.experiments.runner import run_suite
 from medhash_jax.experiments.suites import SUITES
-from medhash_jax.experiments.suites import parse_setting
 from medhash_jax.experiments.suites import with_overrides
 
 def _define_flags():
@@ -28,8 +28,8 @@ def _define_flags():
   flags.DEFINE_bool("rerun", False, "retrain runs that already finished")
   flags.DEFINE_multi_string(
       "set", [], "key=value set on every run's config, after the suite's "
-      "overrides (repeatable), e.g. --set=data.image_size=32 "
-      "--set=model.dtype=bfloat16")
+      "overrides (repeatable), typed as --config.key=value types it, e.g. "
+      "--set=data.image_size=32 --set=model.dtype=bfloat16")
 
 
 FLAGS = flags.FLAGS
@@ -49,7 +49,7 @@ def main(argv):
   if FLAGS.suite not in SUITES:
     raise app.UsageError(f"unknown suite {FLAGS.suite!r}; known: {sorted(SUITES)}")
   try:
-    settings = dict(parse_setting(t) for t in FLAGS.set)
+    settings = dict(split_setting(t) for t in FLAGS.set)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   suite = with_overrides(SUITES[FLAGS.suite], settings)

@@ -6,12 +6,12 @@ Entry points:
   encode(config, workdir, ...) / search(config, workdir, ...)
 """
 
+from medhash_jax.config.errors import ConfigError
 from medhash_jax.train.defaults import default_config
 from medhash_jax.train.inference import encode
 from medhash_jax.train.inference import search
 from medhash_jax.train.loop import evaluate_workdir
 from medhash_jax.train.loop import train_and_evaluate
-from medhash_jax.train.validation import ConfigError
 from medhash_jax.train.validation import validate_config
 
 __all__ = ["ConfigError", "default_config", "encode", "evaluate_workdir",
