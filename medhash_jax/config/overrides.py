@@ -11,6 +11,8 @@ float, bool as true/false/1/0, tuple as "(10, None)" or "10,20", str as-is)
 exactly as on the training command line; a value the type cannot hold fails
 naming the key.
 
+`apply` takes (key, value) pairs: text is parsed so; a Python value (a
+library caller's) is set as it is, under the ConfigDict's own type check.
 Keys must exist, except new entries of the free-form `model.kwargs` /
 `loss.kwargs` (they are checked against the model's and loss's signatures by
 `validate_config`); those are parsed as Python literals, else strings
@@ -53,8 +55,8 @@ def check_key(config: ml_collections.ConfigDict, key: str,
 
 def set_value(config: ml_collections.ConfigDict, key: str, value: Any,
               source: str = "override") -> None:
-  """A Python value (a suite's own overrides); the ConfigDict's type check
-  applies (an int field refuses a string)."""
+  """A Python value, not parsed (a suite's own overrides); the ConfigDict's
+  type check applies (an int field refuses a string)."""
   check_key(config, key, source)
   *path, last = key.split(".")
   node = config
@@ -66,21 +68,25 @@ def set_value(config: ml_collections.ConfigDict, key: str, value: Any,
     raise TypeError(f"{source} {key}={value!r}: {e}") from e
 
 
-def apply_text(config: ml_collections.ConfigDict,
-               settings: Iterable[Tuple[str, str]],
-               source: str = "--set") -> ml_collections.ConfigDict:
-  """Sets each (key, text) on `config` (unlocked; changed in place and
-  returned), parsed by the field's type as `--config.key=text` would be."""
-  settings = [(k, v) for k, v in settings]
-  if not settings:
-    return config
-  for key, text in settings:
-    check_key(config, key, source)
-    if not isinstance(text, str):
-      raise TypeError(f"{source} {key}: expected the value as text, got "
-                      f"{type(text).__name__} {text!r}")
-    _list_to_tuple(config, key)
-  argv = ["overrides"] + [f"--{_FLAG}.{k}={v}" for k, v in settings]
+def apply(config: ml_collections.ConfigDict,
+          settings: Iterable[Tuple[str, Any]],
+          source: str = "--set") -> ml_collections.ConfigDict:
+  """Sets each (key, value) on `config` (unlocked; changed in place and
+  returned), in order. Text is parsed by the field's type as
+  `--config.key=text` would be; any other value (a caller's Python value) is
+  set as it is, under the ConfigDict's type check (`set_value`)."""
+  for key, value in settings:
+    if isinstance(value, str):
+      _parse_text(config, key, value, source)
+    else:
+      set_value(config, key, value, source)
+  return config
+
+
+def _parse_text(config, key: str, text: str, source: str) -> None:
+  check_key(config, key, source)
+  _list_to_tuple(config, key)
+  argv = ["overrides", f"--{_FLAG}.{key}={text}"]
   flag_values = flags.FlagValues()
   try:
     # accept_new_attributes only reaches the kwargs entries check_key let
@@ -90,8 +96,7 @@ def apply_text(config: ml_collections.ConfigDict,
         accept_new_attributes=True, sys_argv=argv)
     flag_values(argv)
   except (flags.Error, TypeError, ValueError) as e:
-    raise ValueError(f"{source} {_name_the_setting(e, settings)}") from e
-  return config
+    raise ValueError(f"{source} {_name_the_setting(e, key)}") from e
 
 
 def _list_to_tuple(config: ml_collections.ConfigDict, key: str) -> None:
@@ -108,12 +113,9 @@ def _list_to_tuple(config: ml_collections.ConfigDict, key: str) -> None:
     node[last] = value
 
 
-def _name_the_setting(error: Exception, settings) -> str:
-  """absl says `flag --config.KEY=VALUE: why`; say `KEY=VALUE: why`, and
-  name the settings when the message names none of them."""
+def _name_the_setting(error: Exception, key: str) -> str:
+  """absl says `flag --config.KEY=VALUE: why`; say `KEY=VALUE: why`."""
   text = str(error)
   for prefix in (f"flag --{_FLAG}.", f"--{_FLAG}.", f"{_FLAG}."):
     text = text.replace(prefix, "")
-  if any(k in text for k, _ in settings):
-    return text
-  return f"{[k for k, _ in settings]}: {text}"
+  return text if key in text else f"{key}: {text}"

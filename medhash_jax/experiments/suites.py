@@ -43,8 +43,8 @@ class Suite:
     overrides: dotted config keys set on every method; keys under a section
       a method lacks (e.g. "ath.*") are skipped for it.
     method_overrides: method -> dotted keys (e.g. model.kwargs.width).
-    settings: dotted key -> command-line text (`--set key=value`), applied
-      last to every run and parsed by the field's type as
+    settings: dotted key -> value applied last to every run (`--set
+      key=value`); text is parsed by the field's type as
       `--config.key=value` would be (medhash_jax/config/overrides.py); keys
       under a section a method lacks are skipped for it, as above.
     feature_source: the deep method whose backbone features feed the shallow
@@ -60,7 +60,7 @@ class Suite:
   overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
   method_overrides: Dict[str, Dict[str, Any]] = dataclasses.field(
       default_factory=dict)
-  settings: Dict[str, str] = dataclasses.field(default_factory=dict)
+  settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
   shallow: Sequence[str] = SHALLOW
   feature_source: str = "dpsh"
   pr_bits: Optional[int] = None
@@ -175,9 +175,10 @@ SUITES: Dict[str, Suite] = {
 # ---------------------------------------------------------------------------
 
 
-def with_overrides(suite: Suite, settings: Dict[str, str]) -> Suite:
-  """The suite with `settings` (dotted key -> text, as after `--set`) set on
-  every run after the suite's own overrides, per-method ones included."""
+def with_overrides(suite: Suite, settings: Dict[str, Any]) -> Suite:
+  """The suite with `settings` (dotted key -> text as after `--set`, or a
+  Python value) set on every run after the suite's own overrides, per-method
+  ones included."""
   if not settings:
     return suite
   return dataclasses.replace(suite, settings={**suite.settings, **settings})
@@ -200,7 +201,7 @@ def method_config(suite: Suite, method: str, bits: int, seed: int,
       config_overrides.set_value(c, k, v, f"suite {suite.name} override")
   for k, v in suite.method_overrides.get(method, {}).items():
     config_overrides.set_value(c, k, v, f"suite {suite.name} {method} override")
-  config_overrides.apply_text(
+  config_overrides.apply(
       c, [(k, v) for k, v in suite.settings.items() if _has_section(c, k)],
       "--set")
   if steps:

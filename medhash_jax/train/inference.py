@@ -142,7 +142,7 @@ def run_config(workdir: str, config: Optional[ml_collections.ConfigDict] = None,
     config: an optional full config (--config); refused where it differs
       from the run in a model key. Multi-stage (ATH) configs are mapped to
       their hashing stage first.
-    settings: (dotted key, text) pairs (--set) applied on top, each
+    settings: (dotted key, value) pairs (--set) applied on top; text is
       typed as `--config.key=text` would be (config/overrides.py).
 
   Raises:
@@ -157,7 +157,7 @@ def run_config(workdir: str, config: Optional[ml_collections.ConfigDict] = None,
     wanted = systems.hash_config(config, workdir).to_dict()
   else:
     wanted = json.loads(json.dumps(saved))
-  c = overrides.apply_text(ml_collections.ConfigDict(wanted), settings, "--set")
+  c = overrides.apply(ml_collections.ConfigDict(wanted), settings, "--set")
   ckpt_lib.check_config_compatible(saved, c.to_dict(), workdir,
                                    changeable=ckpt_lib.INFERENCE)
   c.lock()
