@@ -1,8 +1,9 @@
 """The schema of a run config: every key the trainer reads, with its default.
 
-`configs/base.py` starts from `default_config()`; method configs override
-values only. `validation.validate_config` rejects any key that is not here
-(a typo would otherwise be ignored silently), except inside the free-form
+`medhash_jax/config/base.py` starts from `default_config()`; method configs
+(configs/<method>.py) override values only. `validation.validate_config`
+rejects any key that is not here (a typo would otherwise be ignored
+silently), except inside the free-form
 `model.kwargs` and `loss.kwargs`, which are checked against the signatures of
 the registered model and loss.
 """
