@@ -1,6 +1,6 @@
 """What the run configs in the top-level `configs/` share, inside the package
-so a config file imports only `medhash_jax` (never another config through
-`sys.path`):
+so a config file imports only `medhash_jax` (never another config by
+putting the repository root on the import path):
 
   base        the shared base config (paper scale / `smoke`), the `:a,b`
               variant syntax, the staged data root, `pairwise_baseline`

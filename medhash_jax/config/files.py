@@ -1,9 +1,9 @@
 """The run configs in the top-level `configs/` folder, loaded by file path.
 
-`configs/` is not a package on `sys.path` when the library is used from
+`configs/` is not an importable package when the library is used from
 elsewhere; loading `configs/<name>.py` through importlib's file loader (what
 `ml_collections.config_flags` does for `--config=configs/x.py`) needs no
-`sys.path` entry, and each load runs the file afresh.
+import-path entry, and each load runs the file afresh.
 """
 
 import importlib.util
