@@ -39,9 +39,9 @@ def split_setting(text: str, source: str = "--set") -> Tuple[str, str]:
 
 
 def check_key(config: ml_collections.ConfigDict, key: str,
-              source: str = "--set") -> None:
-  """KeyError naming `key` unless the config has it (or it is a new entry
-  directly under a `kwargs` dict)."""
+              source: str = "--set") -> Tuple[ml_collections.ConfigDict, str]:
+  """(the dict holding `key`, its last part); KeyError naming `key` unless
+  the config has it (or it is a new entry directly under a `kwargs` dict)."""
   node = config
   *path, last = key.split(".")
   for p in path:
@@ -51,17 +51,14 @@ def check_key(config: ml_collections.ConfigDict, key: str,
   if not isinstance(node, ml_collections.ConfigDict) or (
       last not in node and not (path and path[-1] == "kwargs")):
     raise KeyError(f"{source} {key}: the config has no {last!r}")
+  return node, last
 
 
 def set_value(config: ml_collections.ConfigDict, key: str, value: Any,
               source: str = "override") -> None:
   """A Python value, not parsed (a suite's own overrides); the ConfigDict's
   type check applies (an int field refuses a string)."""
-  check_key(config, key, source)
-  *path, last = key.split(".")
-  node = config
-  for p in path:
-    node = node[p]
+  node, last = check_key(config, key, source)
   try:
     node[last] = value
   except TypeError as e:
@@ -84,8 +81,7 @@ def apply(config: ml_collections.ConfigDict,
 
 
 def _parse_text(config, key: str, text: str, source: str) -> None:
-  check_key(config, key, source)
-  _list_to_tuple(config, key)
+  _list_to_tuple(*check_key(config, key, source))
   argv = ["overrides", f"--{_FLAG}.{key}={text}"]
   flag_values = flags.FlagValues()
   try:
@@ -99,14 +95,10 @@ def _parse_text(config, key: str, text: str, source: str) -> None:
     raise ValueError(f"{source} {_name_the_setting(e, key)}") from e
 
 
-def _list_to_tuple(config: ml_collections.ConfigDict, key: str) -> None:
+def _list_to_tuple(node: ml_collections.ConfigDict, last: str) -> None:
   """A run's saved config comes back from JSON with lists where the schema
   has tuples (eval.ks); ml_collections parses only tuples, so the field is
   made a tuple again (the ConfigDict keeps a field's first type)."""
-  *path, last = key.split(".")
-  node = config
-  for p in path:
-    node = node[p]
   if last in node and isinstance(node[last], list):
     value = tuple(node[last])
     del node[last]
