@@ -80,6 +80,13 @@ setuptools.setup(
         "scikit-image",
         "absl-py",
         "ml-collections",
+        # Imported directly (not only through scikit-image): images, masks,
+        # PR curves (matplotlib's Agg canvas) and TensorBoard event files
+        # without TensorFlow (tensorboardX).
+        "Pillow",
+        "scipy",
+        "matplotlib",
+        "tensorboardX",
     ],
     extras_require={
         "test": ["pytest", "chex", "faiss-cpu", "scikit-learn",
