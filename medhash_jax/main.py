@@ -23,7 +23,6 @@ Kept tiny on purpose: flags are parsed here, the work is done in
 """
 
 import json
-import logging
 
 from absl import app
 from absl import flags
@@ -98,17 +97,11 @@ def _summary(results):
       "results": f"{FLAGS.workdir}/results.json"}, indent=1, default=str)
 
 
-class _QuietLibraries(logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the run log (warnings stay)."""
-
-  def filter(self, record):
-    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+  from medhash_jax.train import writers  # pylint: disable=g-import-not-at-top
+  writers.quiet_library_logs()  # orbax's per-save INFO lines
   # Before anything touches a JAX backend.
   from medhash_jax import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize(
