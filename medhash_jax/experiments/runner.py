@@ -178,7 +178,7 @@ class Trained:
 
   def codes(self, split: str) -> np.ndarray:
     from medhash_jax.train import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
-    codes, _ = eval_lib.encode_split(
+    codes, _ = eval_lib.map_split(
         self.run.encode_fn, self.variables, self.run.ds.eval[split],
         self.run.mesh, input_keys=self.run.task.input_keys)
     return codes
@@ -192,7 +192,7 @@ class Trained:
         args = [inputs[k] for k in task.input_keys]
         return task.model.apply(variables, *args, train=False)["features"]
       self._features_fn = eval_lib.make_encode_fn(fn, self.run.mesh)
-    feats, _ = eval_lib.encode_split(
+    feats, _ = eval_lib.map_split(
         self._features_fn, self.variables, self.run.ds.eval[split],
         self.run.mesh, input_keys=task.input_keys)
     return feats
