@@ -180,20 +180,17 @@ class Trained:
 
 def pixel_features(ds, split: str, max_dim: int = 1024) -> np.ndarray:
   """Raw eval images, flattened (average-pooled down to <= max_dim values)."""
+  from medhash_jax.data import rows as rows_lib  # pylint: disable=g-import-not-at-top
   eds = ds.eval[split]
-  out = None
+  rows = rows_lib.SplitRows(eds.size, f"split {split!r}", np.float32)
   for batch in eds:
     x = np.asarray(batch["image"], np.float32)
     while x.shape[1] * x.shape[2] * x.shape[3] > max_dim and x.shape[1] >= 2:
       b, h, w, c = x.shape
       x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(
           b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
-    x = x.reshape(x.shape[0], -1)
-    if out is None:
-      out = np.zeros((eds.size, x.shape[1]), np.float32)
-    keep = np.asarray(batch["valid"]) & (np.asarray(batch["index"]) >= 0)
-    out[np.asarray(batch["index"])[keep]] = x[keep]
-  return out
+    rows.put(x.reshape(x.shape[0], -1), batch["index"], batch["valid"])
+  return rows.result()
 
 
 def shallow_rows(methods: Sequence[str], bits: Sequence[int], feats, labels,

@@ -19,6 +19,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from medhash_jax.data import rows as rows_lib
 from medhash_jax.train import mesh as mesh_lib
 
 
@@ -46,34 +47,23 @@ def map_split(fn, variables, eval_ds, mesh, *, input_keys: Sequence[str]
     (codes, seconds per image), the timing taken over every batch after the
     first (which compiles); with a single batch it is re-run once for timing.
   """
-  codes = None
-  seen = np.zeros((eval_ds.size,), bool)
+  rows = rows_lib.SplitRows(eval_ds.size, f"split {eval_ds.name!r}",
+                           np.float32, what="output")
   timed_s, timed_n = 0.0, 0
   first = None
-  for i, batch in enumerate(eval_ds):
+  for batch in eval_ds:
     inputs = mesh_lib.shard_batch({k: batch[k] for k in input_keys}, mesh)
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(variables, inputs))
     dt = time.perf_counter() - t0
-    out = _to_host(out).astype(np.float32)
-    index = _to_host(mesh_lib.shard_batch(batch["index"], mesh))
-    valid = _to_host(mesh_lib.shard_batch(batch["valid"], mesh))
-    if codes is None:
-      codes = np.zeros((eval_ds.size,) + out.shape[1:], np.float32)
+    if first is None:
       first = inputs
     else:
       timed_s += dt
       timed_n += out.shape[0]
-    keep = valid & (index >= 0)
-    codes[index[keep]] = out[keep]
-    seen[index[keep]] = True
-  if codes is None:
-    raise ValueError(f"split {eval_ds.name!r} produced no batches")
-  if not seen.all():
-    missing = np.flatnonzero(~seen)
-    raise ValueError(f"split {eval_ds.name!r}: {missing.size} images were not "
-                     f"evaluated (skipped as bad records?), e.g. positions "
-                     f"{missing[:5].tolist()}")
+    rows.put(_to_host(out), _to_host(mesh_lib.shard_batch(batch["index"], mesh)),
+             _to_host(mesh_lib.shard_batch(batch["valid"], mesh)))
+  codes = rows.result()
   if timed_n == 0:
     t0 = time.perf_counter()
     jax.block_until_ready(fn(variables, first))
