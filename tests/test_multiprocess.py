@@ -78,6 +78,17 @@ def _launch(cmd, n, log_dir, env, devices=1, timeout=TIMEOUT_S):
   return result
 
 
+def _run_one_process(cmd, log_path, env):
+  """The reference: one process x 2 CPU devices."""
+  ref_env = dict(env, JAX_PLATFORMS="cpu",
+                 XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  with open(log_path, "w", encoding="utf-8") as log:
+    proc = subprocess.run(cmd, cwd=ROOT, env=ref_env, stdout=log,
+                          stderr=subprocess.STDOUT, timeout=TIMEOUT_S,
+                          check=False)
+  assert proc.returncode == 0, log_path.read_text()[-3000:]
+
+
 def _losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f]
@@ -99,26 +110,28 @@ def runs(data_dir, tmp_path_factory):
   base = tmp_path_factory.mktemp("mp")
   env = _env(str(base / "xla_cache"))
   one = str(base / "one_process")
-  ref_env = dict(env, JAX_PLATFORMS="cpu",
-                 XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  with open(base / "one_process.log", "w", encoding="utf-8") as log:
-    proc = subprocess.run(_train_cmd(data_dir, one), cwd=ROOT, env=ref_env,
-                          stdout=log, stderr=subprocess.STDOUT,
-                          timeout=TIMEOUT_S, check=False)
-  assert proc.returncode == 0, (base / "one_process.log").read_text()[-3000:]
+  _run_one_process(_train_cmd(data_dir, one), base / "one_process.log", env)
   two = str(base / "two_processes")
   result = _launch(_train_cmd(data_dir, two), 2, str(base / "logs_two"), env)
   return {"one": one, "two": two, "env": env, "base": base, "result": result}
 
 
+def _assert_same_training(one, two, steps):
+  """The same loss curve (metrics.jsonl) and final params (checkpoint)."""
+  la, lb = _losses(one), _losses(two)
+  assert la.shape == lb.shape == (steps,)
+  np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-6)
+  _assert_params_close(_params(one, steps), _params(two, steps))
+
+
+def _assert_params_close(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
+                                                       atol=1e-5), a, b)
+
+
 def test_two_processes_equal_one(runs):
   one, two = runs["one"], runs["two"]
-  la, lb = _losses(one), _losses(two)
-  assert la.shape == lb.shape == (STEPS,)
-  np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-6)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
-                                                       atol=1e-5),
-               _params(one), _params(two))
+  _assert_same_training(one, two, STEPS)
   ia = retrieval.HammingIndex.load(os.path.join(one, "index.mhi"))
   ib = retrieval.HammingIndex.load(os.path.join(two, "index.mhi"))
   np.testing.assert_array_equal(ia.packed, ib.packed)
@@ -326,13 +339,7 @@ def classifier_runs(data_dir, tmp_path_factory):
   env = _env(str(base / "xla_cache"))
   one, two = str(base / "one_process"), str(base / "two_processes")
   cmd = lambda d: [sys.executable, _WORKER, d, data_dir, str(CLS_STEPS)]
-  ref_env = dict(env, JAX_PLATFORMS="cpu",
-                 XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  with open(base / "one_process.log", "w", encoding="utf-8") as log:
-    proc = subprocess.run(cmd(one), cwd=ROOT, env=ref_env, stdout=log,
-                          stderr=subprocess.STDOUT, timeout=TIMEOUT_S,
-                          check=False)
-  assert proc.returncode == 0, (base / "one_process.log").read_text()[-3000:]
+  _run_one_process(cmd(one), base / "one_process.log", env)
   _launch(cmd(two), 2, str(base / "logs_two"), env)
   return {"one": os.path.join(one, "classifier"),
           "two": os.path.join(two, "classifier")}
@@ -349,12 +356,7 @@ def test_ath_classifier_two_processes_equal_one(classifier_runs):
   process the wrong half of the batch (params differ), and a classifier
   trained outside the writer (no metrics.jsonl)."""
   one, two = classifier_runs["one"], classifier_runs["two"]
-  la, lb = _losses(one), _losses(two)
-  assert la.shape == lb.shape == (CLS_STEPS,)
-  np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-6)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
-                                                       atol=1e-5),
-               _params(one, CLS_STEPS), _params(two, CLS_STEPS))
+  _assert_same_training(one, two, CLS_STEPS)
   ra, rb = _classifier_record(one), _classifier_record(two)
   assert ra["step"] == rb["step"] == CLS_STEPS
   assert rb["val"]["count"] == ra["val"]["count"] > 0
@@ -387,9 +389,7 @@ def test_ath_classifier_sigterm_resumes_on_the_same_run(classifier_runs,
   clf = classifier_lib.train_classifier(config, cls_cfg, str(tmp_path), stage)
   assert clf.metrics["resumed_from"] == 3 and clf.step == CLS_STEPS
   ref = classifier_runs["one"]   # uninterrupted, 2 devices (here: 4)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
-                                                       atol=1e-5),
-               _params(ref, CLS_STEPS), _params(stage, CLS_STEPS))
+  _assert_params_close(_params(ref, CLS_STEPS), _params(stage, CLS_STEPS))
   assert clf.metrics["val"] == pytest.approx(_classifier_record(ref)["val"])
 
 

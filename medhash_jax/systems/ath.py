@@ -585,12 +585,9 @@ def read_stages(workdir: str) -> Optional[Dict[str, Any]]:
   path = os.path.join(workdir, STAGES_FILE)
   if not os.path.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    try:
-      return json.load(f)
-    except ValueError as e:
-      raise ValueError(f"{path} is corrupt or truncated ({e}); training the "
-                       "run again (same --workdir) rewrites it") from e
+  from medhash_jax.train import fit as fit_lib  # pylint: disable=g-import-not-at-top
+  return fit_lib.read_json(path, "training the run again (same --workdir) "
+                           "rewrites it")
 
 
 def attention_record(stages: Dict[str, Any]) -> Dict[str, Any]:

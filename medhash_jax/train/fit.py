@@ -113,14 +113,15 @@ class FitResult:
   val: Optional[Dict[str, float]]   # the last val evaluation (None: none ran)
 
 
-def read_json(path: str) -> Any:
-  """json.load that names the file when it is truncated or corrupt."""
+def read_json(path: str, remedy: str = "it is written again by training or "
+              "--mode=evaluate") -> Any:
+  """json.load that names the file (and the remedy) when it is truncated or
+  corrupt."""
   with open(path, encoding="utf-8") as f:
     try:
       return json.load(f)
     except ValueError as e:
-      raise ValueError(f"{path} is corrupt or truncated ({e}); it is written "
-                       "again by training or --mode=evaluate") from e
+      raise ValueError(f"{path} is corrupt or truncated ({e}); {remedy}") from e
 
 
 def best_record(workdir: str) -> Optional[Dict[str, Any]]:
