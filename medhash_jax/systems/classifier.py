@@ -29,8 +29,6 @@ from medhash_jax.train import classification
 from medhash_jax.train import defaults as defaults_lib
 from medhash_jax.train import fit as fit_lib
 from medhash_jax.train import mesh as mesh_lib
-from medhash_jax.train import optim as optim_lib
-from medhash_jax.train import state as state_lib
 from medhash_jax.train import writers as writers_lib
 
 METRICS_FILE = "classifier.json"
@@ -77,14 +75,9 @@ class _Stage1:
                              **dict(cls_cfg.kwargs.to_dict()))
     self.task = classification.ClassifierTask(model,
                                               multi_label=ds.multi_label)
-    example = mesh_lib.shard_batch({"image": ds.example_batch()["image"]},
-                                   self.mesh)
-    variables = self.task.init(config.seed, example, self.mesh)
-    tx, self.schedule = optim_lib.build_optimizer(
-        optim_config(cls_cfg), variables["params"], int(cls_cfg.num_steps))
-    self.state = state_lib.create_train_state(
-        apply_fn=model.apply, variables=variables, tx=tx,
-        rng=state_lib.root_key(config.seed), mesh=self.mesh)
+    self.state, self.schedule = fit_lib.initial_state(
+        self.task, ds, self.mesh, optim_config(cls_cfg),
+        int(cls_cfg.num_steps), config.seed)
     self.record = run_record(config, cls_cfg, ds)
     self.ckpt = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"),
                                       max_to_keep=1)

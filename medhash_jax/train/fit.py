@@ -74,6 +74,22 @@ class Trainable(Protocol):
   ckpt: ckpt_lib.Checkpointer
 
 
+def initial_state(task: Task, ds, mesh, optim_cfg, num_steps: int, seed: int):
+  """(state, schedule): the task's variables initialised on an example
+  batch, its optimizer over `num_steps` and the replicated train state."""
+  from medhash_jax.train import optim as optim_lib  # pylint: disable=g-import-not-at-top
+  example = mesh_lib.shard_batch(
+      {k: v for k, v in ds.example_batch().items() if k in task.input_keys},
+      mesh)
+  variables = task.init(seed, example, mesh)
+  tx, schedule = optim_lib.build_optimizer(optim_cfg, variables["params"],
+                                           int(num_steps))
+  state = state_lib.create_train_state(
+      apply_fn=task.model.apply, variables=variables, tx=tx,
+      rng=state_lib.root_key(seed), mesh=mesh)
+  return state, schedule
+
+
 @dataclasses.dataclass(frozen=True)
 class Cadence:
   """How long and how often: a config's `train` section, or any section

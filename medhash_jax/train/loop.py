@@ -76,21 +76,14 @@ class Run:
     self.task = task_lib.build_task(config, num_classes=self.ds.num_classes,
                                     multi_label=self.ds.multi_label,
                                     two_view=self.ds.two_view)
-    rng = state_lib.root_key(config.seed)
-    example = mesh_lib.shard_batch(
-        {k: v for k, v in self.ds.example_batch().items()
-         if k in self.task.input_keys}, self.mesh)
-    variables = self.task.init(config.seed, example, self.mesh)
-    self.tx, self.schedule = optim_lib.build_optimizer(
-        config.optim, variables["params"], config.train.num_steps)
-    self.state = state_lib.create_train_state(
-        apply_fn=self.task.model.apply, variables=variables, tx=self.tx,
-        rng=rng, mesh=self.mesh)
+    self.state, self.schedule = fit_lib.initial_state(
+        self.task, self.ds, self.mesh, config.optim, config.train.num_steps,
+        config.seed)
     self.encode_fn = eval_lib.make_encode_fn(self.task.encode, self.mesh)
-    groups = optim_lib.describe_groups(variables["params"],
+    groups = optim_lib.describe_groups(self.state.params,
                                        tuple(config.optim.head_patterns))
     logging.info("model %s: %d params (%s); %d devices %s", config.model.name,
-                 state_lib.count_params(variables["params"]), groups,
+                 state_lib.count_params(self.state.params), groups,
                  self.mesh.size, jax.devices()[0].platform)
 
   # -- restore ----------------------------------------------------------------
