@@ -124,7 +124,8 @@ def main(argv):
     if config is None:
       raise app.UsageError("--mode=train needs --config")
     # Multi-stage systems (ATH) run all their stages; the rest go to train/.
-    out(_summary(systems.train_and_evaluate(config, workdir)))
+    out(_summary(systems.system_of(config).train_and_evaluate(config,
+                                                              workdir)))
   elif FLAGS.mode == "evaluate":
     out(_summary(inference.evaluate(workdir, config, settings)))
   elif FLAGS.mode == "encode":

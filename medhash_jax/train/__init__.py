@@ -4,6 +4,10 @@ Entry points:
   train_and_evaluate(config, workdir) -> results dict (and results.json)
   evaluate_workdir(config, workdir)   -> results of a trained workdir
   encode(config, workdir, ...) / search(config, workdir, ...)
+
+Inside: one loop, `fit.fit(run, cadence, workdir)`, trains any `fit.Task`
+(the hash task of task.py, the classifier of classification.py); padded
+evaluation batches go through `evaluate.map_split`.
 """
 
 from medhash_jax.config.errors import ConfigError

@@ -86,11 +86,13 @@ def _flatten(d: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 # What may differ from a trained run's recorded config (classes of
-# `defaults.KEY_CLASSES`): on resume only operational keys; when evaluating,
-# encoding, searching or serving, training keys too (they shaped the
-# parameters, not what the codes mean).
-RESUME = (defaults.OPERATIONAL,)
-INFERENCE = (defaults.OPERATIONAL, defaults.TRAINING)
+# `defaults.KEY_CLASSES`): on resume only operational (and logistics) keys;
+# when evaluating, encoding, searching or serving, training keys too (they
+# shaped the parameters, not what the codes mean); when a suite reuses a
+# finished run, logistics keys only (they change nothing it computed).
+RESUME = (defaults.OPERATIONAL, defaults.LOGISTICS)
+INFERENCE = (defaults.OPERATIONAL, defaults.LOGISTICS, defaults.TRAINING)
+REUSE = (defaults.LOGISTICS,)
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], *,

@@ -201,7 +201,7 @@ def encode(config, workdir: str, *, input_spec: str = "", split: str = "database
     items, step = run.selected_variables()
     variables = run.variables_of(items)
     ds = run.ds.eval[split]
-    codes, _ = eval_lib.encode_split(run.encode_fn, variables, ds, run.mesh,
+    codes, _ = eval_lib.map_split(run.encode_fn, variables, ds, run.mesh,
                                      input_keys=run.task.input_keys)
     src = run.ds.source
     paths = (np.asarray(src.paths)[ds.indices] if hasattr(src, "paths")

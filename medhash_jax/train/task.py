@@ -27,7 +27,6 @@ from typing import Any, Callable, Dict, Optional
 import flax
 import jax
 import jax.numpy as jnp
-import optax
 
 from medhash_jax.config.errors import ConfigError
 
@@ -49,11 +48,8 @@ def _report_fn():
 
 def classification_loss(logits, labels, label_mask, multi_label: bool):
   """Sigmoid BCE (multi-label, masked) or softmax CE (one label per image)."""
-  if multi_label:
-    per = optax.sigmoid_binary_cross_entropy(logits, labels) * label_mask
-    return jnp.sum(per) / jnp.maximum(jnp.sum(label_mask), 1.0)
-  return jnp.mean(optax.softmax_cross_entropy(logits, labels / jnp.maximum(
-      jnp.sum(labels, -1, keepdims=True), 1.0)))
+  return _losses().common.class_xent(logits, labels, label_mask,
+                                     multi_label=multi_label)
 
 
 class Task:
