@@ -65,6 +65,55 @@ def asymmetric_distance(query_code: np.ndarray, db_packed: np.ndarray,
   return -(_signs(db_packed, num_bits) @ np.asarray(query_code, np.float64))
 
 
+def _check(query_codes, n: int, k, keys):
+  q_codes = np.asarray(query_codes, np.float32)
+  if q_codes.ndim != 2:
+    raise ValueError(f"query codes must be (Q, K), got {q_codes.shape}")
+  if isinstance(k, bool) or not 1 <= int(k) <= n:
+    raise ValueError(f"k={k} must be between 1 and the database size {n}")
+  keys = np.asarray(keys, np.uint64)
+  if keys.shape != (n,):
+    raise ValueError(f"keys must have shape ({n},), got {keys.shape}")
+  return q_codes, int(k), keys
+
+
+def _rerank(q_codes, hist, n: int, k: int, keys, topk_fn, packed_at):
+  """The re-rank over any database: `hist` its distance histogram per
+  query, `topk_fn(query_rows, m)` its exact (distance, position) top m,
+  `packed_at(positions)` its packed codes of some positions."""
+  nq, num_bits = q_codes.shape
+  out_d = np.zeros((nq, k), np.int32)
+  out_i = np.zeros((nq, k), np.int64)
+  out_g = np.zeros((nq, k), np.int64)
+  if nq == 0:
+    return out_d, out_i, out_g
+  cum = np.cumsum(hist, axis=1)
+  kth = np.argmax(cum >= k, axis=1)      # the k-th smallest distance
+  # Items at distance <= the k-th: the top k plus the rest of the boundary
+  # tie group. The first `need` of the exact ranking are exactly those.
+  need = cum[np.arange(nq), kth]
+  order = np.argsort(need, kind="stable")
+  start = 0
+  while start < nq:
+    # Queries of similar `need` together, within the memory budget.
+    m = int(need[order[start]])
+    rows = max(1, _BUDGET // max(m * num_bits, 1))
+    chunk = order[start:start + rows]
+    # Power-of-two k (capped at n): a few kernel shapes, not one per query.
+    m = min(n, 1 << (int(need[chunk].max()) - 1).bit_length())
+    cd, ci = topk_fn(chunk, m)
+    cd, ci = np.asarray(cd), np.asarray(ci).astype(np.int64)
+    for r, qi in enumerate(chunk):
+      c = int(need[qi])
+      d, i = cd[r, :c], ci[r, :c]
+      asym = asymmetric_distance(q_codes[qi], packed_at(i), num_bits)
+      pick = np.lexsort((keys[i], asym, d))[:k]
+      out_d[qi], out_i[qi] = d[pick], i[pick]
+      out_g[qi] = hist[qi, d[pick]]
+    start += len(chunk)
+  return out_d, out_i, out_g
+
+
 def rerank_topk(query_codes, db_packed, k: int, *, keys: np.ndarray,
                 backend: str = "auto"
                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,52 +130,43 @@ def rerank_topk(query_codes, db_packed, k: int, *, keys: np.ndarray,
     (distances int32 (Q, k), positions int64 (Q, k), tie group sizes int64
     (Q, k)); each row sorted by (distance, asymmetric distance, key).
   """
-  q_codes = np.asarray(query_codes, np.float32)
   db_packed = np.asarray(db_packed, np.uint32)
   n = db_packed.shape[0]
-  if q_codes.ndim != 2:
-    raise ValueError(f"query codes must be (Q, K), got {q_codes.shape}")
-  num_bits = q_codes.shape[1]
-  if isinstance(k, bool) or not 1 <= int(k) <= n:
-    raise ValueError(f"k={k} must be between 1 and the database size {n}")
-  k = int(k)
-  keys = np.asarray(keys, np.uint64)
-  if keys.shape != (n,):
-    raise ValueError(f"keys must have shape ({n},), got {keys.shape}")
-  nq = q_codes.shape[0]
-  out_d = np.zeros((nq, k), np.int32)
-  out_i = np.zeros((nq, k), np.int64)
-  out_g = np.zeros((nq, k), np.int64)
-  if nq == 0:
-    return out_d, out_i, out_g
+  q_codes, k, keys = _check(query_codes, n, k, keys)
   qp = np.asarray(packing.pack_codes(q_codes))
-  dist, _ = topk.hamming_topk(qp, db_packed, k, backend=backend)
-  kth = np.asarray(dist)[:, -1]
-  hist = np.asarray(topk.hamming_histogram(qp, db_packed, backend=backend))
-  cum = np.cumsum(hist, axis=1)
-  # Items at distance <= the k-th: the top k plus the rest of the boundary
-  # tie group. The first `need` of the exact ranking are exactly those.
-  need = cum[np.arange(nq), kth]
-  order = np.argsort(need, kind="stable")
-  start = 0
-  while start < nq:
-    # Queries of similar `need` together, within the memory budget.
-    m = int(need[order[start]])
-    rows = max(1, _BUDGET // max(m * num_bits, 1))
-    chunk = order[start:start + rows]
-    # Power-of-two k (capped at n): a few kernel shapes, not one per query.
-    m = min(n, 1 << (int(need[chunk].max()) - 1).bit_length())
-    cd, ci = topk.hamming_topk(qp[chunk], db_packed, m, backend=backend)
-    cd, ci = np.asarray(cd), np.asarray(ci).astype(np.int64)
-    for r, qi in enumerate(chunk):
-      c = int(need[qi])
-      d, i = cd[r, :c], ci[r, :c]
-      asym = asymmetric_distance(q_codes[qi], db_packed[i], num_bits)
-      pick = np.lexsort((keys[i], asym, d))[:k]
-      out_d[qi], out_i[qi] = d[pick], i[pick]
-      out_g[qi] = hist[qi, d[pick]]
-    start += len(chunk)
-  return out_d, out_i, out_g
+  hist = (np.asarray(topk.hamming_histogram(qp, db_packed, backend=backend))
+          if len(q_codes) else None)
+  return _rerank(
+      q_codes, hist, n, k, keys,
+      lambda rows, m: topk.hamming_topk(qp[rows], db_packed, m,
+                                        backend=backend),
+      lambda positions: db_packed[positions])
+
+
+def rerank_index(query_codes, index, k: int, *, keys: np.ndarray,
+                 backend: str = "auto"
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`rerank_topk` over a `HammingIndex` (positions = insertion order).
+
+  Two scans of the index in place (the C++ kernel on the CPU): the
+  distance histogram, which gives the k-th distance and the boundary tie
+  group's size, then the exact top `need` (the top k plus the rest of that
+  group); only those candidates' codes are read for the asymmetric
+  distance. Same answer as `rerank_topk` over `index.packed`.
+  """
+  if index.explicit_ids:
+    raise ValueError("rerank_index needs an index without explicit ids (its "
+                     "search must answer insertion positions)")
+  n = len(index)
+  q_codes, k, keys = _check(query_codes, n, k, keys)
+  if q_codes.shape[1] != index.num_bits:
+    raise ValueError(f"query codes have {q_codes.shape[1]} bits, the index "
+                     f"{index.num_bits}")
+  qp = np.asarray(packing.pack_codes(q_codes))
+  hist = index.histogram(qp, backend=backend) if len(q_codes) else None
+  return _rerank(q_codes, hist, n, k, keys,
+                 lambda rows, m: index.search(qp[rows], m, backend=backend),
+                 index.packed_at)
 
 
 def rerank_reference(query_codes, db_packed, k: int, *, keys: np.ndarray):
