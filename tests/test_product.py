@@ -327,6 +327,18 @@ def test_added_segments_verified_legacy_read_and_exported(run, tmp_path):
   b = systems.open_run(out)
   assert b.info["num_cases"] == 551 and b.case("c2")["labels"] == ["normal, benign"]
   assert not added_cases.segment_paths(out)
+  # A snapshot taken before an add keeps its database (what a search that
+  # started earlier holds): not the new case, not the new length.
+  snap = again._snap  # pylint: disable=protected-access
+  want = again.search(codes[:2], 20)
+  again.add_codes(codes[:1], ["late"])
+  assert len(snap) == len(snap.index) == 551
+  with pytest.raises(KeyError):
+    snap.position("late")
+  again._snap, live = snap, again._snap  # pylint: disable=protected-access
+  assert again.search(codes[:2], 20) == want
+  again._snap = live  # pylint: disable=protected-access
+  assert "late" in [h["id"] for h in again.search(codes[:1], 552)[0]]
   # A damaged segment (one flipped byte, then a truncation) refuses the run,
   # naming the file, and is left in place.
   good = open(segs[1], "rb").read()
