@@ -125,6 +125,16 @@ def test_rerank_matches_brute_force(k):
   for got, want in zip(rerank.rerank_index(queries, index, k, keys=keys),
                        (d, i, g)):
     np.testing.assert_array_equal(got, want)
+  # Long codes: boundary groups fit the first top-m scan (no histogram);
+  # short ones above overflow it. Both paths against brute force.
+  q40, db40, keys40, _ = _tied_problem(seed=2, bits=40)
+  ref40 = rerank.rerank_reference(q40, db40, k, keys=keys40)
+  index40 = HammingIndex(40)
+  index40.add(db40)
+  for got in (rerank.rerank_topk(q40, db40, k, keys=keys40),
+              rerank.rerank_index(q40, index40, k, keys=keys40)):
+    for r in range(len(q40)):
+      assert list(zip(*(a[r].tolist() for a in got))) == ref40[r]
   k_view = min(k, 100)
   ref = rerank.rerank_reference(queries, db[:100], k_view, keys=keys[:100])
   dv, iv, gv = rerank.rerank_index(queries, view, k_view, keys=keys[:100])

@@ -77,39 +77,61 @@ def _check(query_codes, n: int, k, keys):
   return q_codes, int(k), keys
 
 
-def _rerank(q_codes, hist, n: int, k: int, keys, topk_fn, packed_at):
-  """The re-rank over any database: `hist` its distance histogram per
-  query, `topk_fn(query_rows, m)` its exact (distance, position) top m,
-  `packed_at(positions)` its packed codes of some positions."""
+def _rerank(q_codes, qp, n: int, k: int, keys, topk_fn, packed_at, hist_fn):
+  """The re-rank over any database: `topk_fn(query_rows, m)` its exact
+  (distance, position) top m, `packed_at(positions)` the packed codes of
+  some positions, `hist_fn(query_rows)` its distance histograms.
+
+  First one top-m scan, m = the power of two >= max(2k, 16): where the m-th
+  distance exceeds the k-th, the boundary tie group is inside it and so are
+  the counts of every distance <= the k-th (the tie group sizes). Queries
+  whose boundary group overflows m take a histogram scan and an exact top
+  `need` scan."""
   nq, num_bits = q_codes.shape
   out_d = np.zeros((nq, k), np.int32)
   out_i = np.zeros((nq, k), np.int64)
   out_g = np.zeros((nq, k), np.int64)
   if nq == 0:
     return out_d, out_i, out_g
+
+  def pick(qi, d, i, counts):
+    asym = asymmetric_distance(q_codes[qi], packed_at(i), num_bits)
+    best = np.lexsort((keys[i], asym, d))[:k]
+    out_d[qi], out_i[qi] = d[best], i[best]
+    out_g[qi] = counts[d[best]]
+
+  m0 = min(n, 1 << (max(2 * k, 16) - 1).bit_length())
+  d0, i0 = topk_fn(np.arange(nq), m0)
+  d0, i0 = np.asarray(d0), np.asarray(i0).astype(np.int64)
+  kth0 = d0[:, k - 1]
+  whole = (d0[:, -1] > kth0) | (m0 == n)
+  for qi in np.flatnonzero(whole):
+    c = int(np.count_nonzero(d0[qi] <= kth0[qi]))
+    d, i = d0[qi, :c], i0[qi, :c]
+    pick(qi, d, i, np.bincount(d, minlength=num_bits + 1))
+  rest = np.flatnonzero(~whole)
+  if not rest.size:
+    return out_d, out_i, out_g
+  hist = np.asarray(hist_fn(rest))
   cum = np.cumsum(hist, axis=1)
   kth = np.argmax(cum >= k, axis=1)      # the k-th smallest distance
   # Items at distance <= the k-th: the top k plus the rest of the boundary
   # tie group. The first `need` of the exact ranking are exactly those.
-  need = cum[np.arange(nq), kth]
+  need = cum[np.arange(len(rest)), kth]
   order = np.argsort(need, kind="stable")
   start = 0
-  while start < nq:
+  while start < len(rest):
     # Queries of similar `need` together, within the memory budget.
     m = int(need[order[start]])
     rows = max(1, _BUDGET // max(m * num_bits, 1))
     chunk = order[start:start + rows]
     # Power-of-two k (capped at n): a few kernel shapes, not one per query.
     m = min(n, 1 << (int(need[chunk].max()) - 1).bit_length())
-    cd, ci = topk_fn(chunk, m)
+    cd, ci = topk_fn(rest[chunk], m)
     cd, ci = np.asarray(cd), np.asarray(ci).astype(np.int64)
-    for r, qi in enumerate(chunk):
-      c = int(need[qi])
-      d, i = cd[r, :c], ci[r, :c]
-      asym = asymmetric_distance(q_codes[qi], packed_at(i), num_bits)
-      pick = np.lexsort((keys[i], asym, d))[:k]
-      out_d[qi], out_i[qi] = d[pick], i[pick]
-      out_g[qi] = hist[qi, d[pick]]
+    for r, j in enumerate(chunk):
+      c = int(need[j])
+      pick(rest[j], cd[r, :c], ci[r, :c], hist[j])
     start += len(chunk)
   return out_d, out_i, out_g
 
@@ -133,14 +155,14 @@ def rerank_topk(query_codes, db_packed, k: int, *, keys: np.ndarray,
   db_packed = np.asarray(db_packed, np.uint32)
   n = db_packed.shape[0]
   q_codes, k, keys = _check(query_codes, n, k, keys)
-  qp = np.asarray(packing.pack_codes(q_codes))
-  hist = (np.asarray(topk.hamming_histogram(qp, db_packed, backend=backend))
-          if len(q_codes) else None)
+  qp = packing.pack_codes_host(q_codes)
   return _rerank(
-      q_codes, hist, n, k, keys,
+      q_codes, qp, n, k, keys,
       lambda rows, m: topk.hamming_topk(qp[rows], db_packed, m,
                                         backend=backend),
-      lambda positions: db_packed[positions])
+      lambda positions: db_packed[positions],
+      lambda rows: topk.hamming_histogram(qp[rows], db_packed,
+                                          backend=backend))
 
 
 def rerank_index(query_codes, index, k: int, *, keys: np.ndarray,
@@ -148,11 +170,11 @@ def rerank_index(query_codes, index, k: int, *, keys: np.ndarray,
                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
   """`rerank_topk` over a `HammingIndex` (positions = insertion order).
 
-  Two scans of the index in place (the C++ kernel on the CPU): the
-  distance histogram, which gives the k-th distance and the boundary tie
-  group's size, then the exact top `need` (the top k plus the rest of that
-  group); only those candidates' codes are read for the asymmetric
-  distance. Same answer as `rerank_topk` over `index.packed`.
+  The index is scanned in place (the C++ kernel on the CPU): one top-m
+  scan for most queries, a histogram and a top-`need` scan more where the
+  boundary tie group is larger than m (see `_rerank`); only the candidates'
+  codes are read for the asymmetric distance. Same answer as `rerank_topk`
+  over `index.packed`.
   """
   if index.explicit_ids:
     raise ValueError("rerank_index needs an index without explicit ids (its "
@@ -162,11 +184,11 @@ def rerank_index(query_codes, index, k: int, *, keys: np.ndarray,
   if q_codes.shape[1] != index.num_bits:
     raise ValueError(f"query codes have {q_codes.shape[1]} bits, the index "
                      f"{index.num_bits}")
-  qp = np.asarray(packing.pack_codes(q_codes))
-  hist = index.histogram(qp, backend=backend) if len(q_codes) else None
-  return _rerank(q_codes, hist, n, k, keys,
+  qp = packing.pack_codes_host(q_codes)
+  return _rerank(q_codes, qp, n, k, keys,
                  lambda rows, m: index.search(qp[rows], m, backend=backend),
-                 index.packed_at)
+                 index.packed_at,
+                 lambda rows: index.histogram(qp[rows], backend=backend))
 
 
 def rerank_reference(query_codes, db_packed, k: int, *, keys: np.ndarray):
