@@ -14,10 +14,12 @@ server on 127.0.0.1 (ephemeral port) and sends real multipart PNG queries
 reporting client-side p50 / p95 / p99 latency and throughput, and the
 server's own split of each request (decode / encode / search, from the
 response's `timing_ms`). Then the database is grown to --grow cases with
-synthetic random codes, appended through the run's persistence path
-(`serve.bulk.add_codes` -> the same atomic `added_cases.npz` the API's
-POST /api/cases writes), the server is restarted on it, and both loads are
-measured again, with the search share of the request time.
+synthetic random codes, appended through the API's code path
+(`Retriever.add_codes`: the checks, the append-only segment file and the
+snapshot swap that POST /api/cases goes through, without the encoder), the
+server is restarted on it, and both loads are measured again, with the
+search share of the request time. Then one POST /api/cases on the grown
+database is timed (an add must not cost O(database)).
 
 Writes JSON to --output and prints a markdown table (benchmarks/README.md).
 """
@@ -39,8 +41,12 @@ if _ROOT not in sys.path:
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from medhash_jax.systems import added_cases  # noqa: E402
 from tests import dicom_files  # noqa: E402  (staged X-ray paths)
 from tests import serve_harness  # noqa: E402
+
+
+_TOKEN = "bench-token"
 
 
 def _cpu() -> str:
@@ -102,19 +108,34 @@ def _load(url: str, queries, n: int, concurrency: int, k: int):
 
 
 def _measure(run: str, queries, args, log_dir: str, label: str):
-  with serve_harness.Server(run, log_dir=log_dir, timeout=900) as s:
+  with serve_harness.Server(run, log_dir=log_dir, timeout=900,
+                            token=_TOKEN) as s:
     info = httpx.get(s.url + "/api/info", timeout=60).json()
     print(f"[{label}] {info['num_cases']} cases, {info['num_bits']} bits",
           flush=True)
     seq = _load(s.url, queries, args.requests, 1, args.k)
     conc = _load(s.url, queries, args.requests, args.concurrency, args.k)
+    add = _adds(s.url, queries, label)
   return {"num_cases": info["num_cases"], "num_bits": info["num_bits"],
-          "sequential": seq, "concurrent": conc}
+          "sequential": seq, "concurrent": conc, "add_case_ms": add}
+
+
+def _adds(url: str, queries, label: str, n: int = 5):
+  """Client latency of n POST /api/cases (encode + segment write + swap)."""
+  lat = []
+  with httpx.Client(base_url=url, timeout=120) as c:
+    for j in range(n):
+      t = time.perf_counter()
+      r = c.post("/api/cases", headers={"Authorization": "Bearer " + _TOKEN},
+                 files={"file": ("a.png", queries[j % len(queries)])},
+                 data={"id": f"bench-add/{label}-{j}"})
+      lat.append((time.perf_counter() - t) * 1000.0)
+      r.raise_for_status()
+  return {"p50": _pct(lat, 50), "max": float(max(lat)), "n": n}
 
 
 def _grow(run: str, target: int, seed: int = 0) -> float:
   from medhash_jax import systems  # pylint: disable=g-import-not-at-top
-  from medhash_jax.serve import bulk  # pylint: disable=g-import-not-at-top
   r = systems.open_run(run)
   n = r.info["num_cases"]
   if n >= target:
@@ -125,7 +146,7 @@ def _grow(run: str, target: int, seed: int = 0) -> float:
   ids = [f"synthetic/{j:07d}" for j in range(m)]
   labels = [[r.class_names[j % len(r.class_names)]] for j in range(m)]
   t = time.perf_counter()
-  bulk.add_codes(r, codes, ids, labels)
+  r.add_codes(codes, ids, labels)
   return time.perf_counter() - t
 
 
@@ -154,7 +175,7 @@ def main():
   run = os.path.join(args.scratch, "served")
   if os.path.exists(run):
     shutil.rmtree(run)
-  shutil.copytree(src, run, ignore=shutil.ignore_patterns("added_cases.npz"))
+  shutil.copytree(src, run, ignore=shutil.ignore_patterns("added_cases.npz", "added"))
   queries = []
   for cls in ("COVID", "Normal"):
     for i in range(300, 316):
@@ -169,8 +190,8 @@ def main():
     print(f"grew the database to {args.grow:,} cases in {t_grow:.1f} s",
           flush=True)
     result["grow_seconds"] = t_grow
-    result["added_cases_bytes"] = os.path.getsize(
-        os.path.join(run, "added_cases.npz"))
+    result["added_cases_bytes"] = sum(
+        os.path.getsize(p) for p in added_cases.segment_paths(run))
     result["grown"] = _measure(run, queries, args, args.scratch, "grown")
   out = args.output or os.path.join(args.scratch, "serve_bench.json")
   with open(out, "w", encoding="utf-8") as f:
@@ -185,6 +206,11 @@ def main():
       r = result[key]
       for mode in ("sequential", "concurrent"):
         print(_row(key, r["num_cases"], r[mode]))
+  for key in ("base", "grown"):
+    if key in result:
+      a = result[key]["add_case_ms"]
+      print(f"POST /api/cases on {key} ({result[key]['num_cases']:,} cases): "
+            f"p50 {a['p50']:.1f} ms, max {a['max']:.1f} ms over {a['n']}")
   print(f"\nJSON: {out}")
 
 

@@ -225,6 +225,41 @@ def test_bytes_per_code_and_search_for_any_k(bits):
   np.testing.assert_array_equal(index.packed, retrieval.pack_codes(codes))
 
 
+@pytest.mark.parametrize("bits", [8, 16, 24, 40, 48, 56, 64, 100])
+def test_frozen_views_are_consistent_prefixes_while_the_index_grows(bits):
+  """`frozen()` is what the retrieval server's snapshots search while
+  another thread appends. Catches: a view that shares the live count (it
+  would see later codes), padding lanes of a partial block that a view's
+  search counts once a later add filled them, a `packed_at` gather with the
+  wrong byte order for any tail width (B % 4 = 0..3), and `histogram`
+  disagreeing with brute force."""
+  rng = np.random.default_rng(bits)
+  codes = random_codes(rng, 37 + 5 + 1000, bits, 30)
+  packed = np.asarray(retrieval.pack_codes(codes))
+  index = retrieval.HammingIndex(bits)
+  views, start = [], 0
+  for stop in (37, 42, 1042):      # partial block, same block, regrown
+    index.add(codes[start:stop])
+    views.append((index.frozen(), stop))
+    start = stop
+  queries = np.asarray(retrieval.pack_codes(random_codes(rng, 6, bits)))
+  for view, n in views:
+    assert len(view) == n and len(index) == 1042
+    np.testing.assert_array_equal(view.packed, packed[:n])
+    rd, ri = np_topk(queries, packed[:n], n)
+    d, i = view.search(queries, min(n, 40))
+    np.testing.assert_array_equal(d, rd[:, :min(n, 40)])
+    np.testing.assert_array_equal(i, ri[:, :min(n, 40)])
+    hist = np.stack([np.bincount(row, minlength=view.histogram(
+        queries[:1]).shape[1]) for row in np.sort(rd, axis=1)])
+    np.testing.assert_array_equal(view.histogram(queries), hist)
+    pos = rng.integers(0, n, 200)
+    np.testing.assert_array_equal(view.packed_at(pos), packed[pos])
+    assert not view.layout.flags.writeable
+  with pytest.raises(IndexError, match="1042"):
+    index.packed_at([0, 1042])
+
+
 def test_incremental_add_writes_only_new_codes(monkeypatch):
   rng = np.random.default_rng(6)
   sizes = [1, 15, 16, 17, 3, 13, 32, 1, 1, 2] + [1] * 300

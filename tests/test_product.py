@@ -20,7 +20,8 @@ import pytest
 from configs import dpsh as dpsh_config
 from medhash_jax import systems
 from medhash_jax import train
-from medhash_jax.retrieval import hamming_topk, pack_codes, rerank
+from medhash_jax.retrieval import HammingIndex, hamming_topk, pack_codes, rerank
+from medhash_jax.systems import added_cases
 from medhash_jax.systems import bundle as bundle_lib
 from medhash_jax.train import checkpoint as ckpt_lib
 from medhash_jax.train import inference
@@ -114,6 +115,31 @@ def test_rerank_matches_brute_force(k):
   # The boundary group is larger than its share of the top k somewhere, so
   # collecting only the top k would have changed the answer.
   assert (g[:, -1] > 1).any()
+  # The server's path: the same over a HammingIndex (built in two adds, the
+  # kernel's layout searched in place), and over a frozen view of a prefix
+  # while the index grows past it.
+  index = HammingIndex(8)
+  index.add(db[:100])
+  view = index.frozen()
+  index.add(db[100:])
+  for got, want in zip(rerank.rerank_index(queries, index, k, keys=keys),
+                       (d, i, g)):
+    np.testing.assert_array_equal(got, want)
+  # Long codes: boundary groups fit the first top-m scan (no histogram);
+  # short ones above overflow it. Both paths against brute force.
+  q40, db40, keys40, _ = _tied_problem(seed=2, bits=40)
+  ref40 = rerank.rerank_reference(q40, db40, k, keys=keys40)
+  index40 = HammingIndex(40)
+  index40.add(db40)
+  for got in (rerank.rerank_topk(q40, db40, k, keys=keys40),
+              rerank.rerank_index(q40, index40, k, keys=keys40)):
+    for r in range(len(q40)):
+      assert list(zip(*(a[r].tolist() for a in got))) == ref40[r]
+  k_view = min(k, 100)
+  ref = rerank.rerank_reference(queries, db[:100], k_view, keys=keys[:100])
+  dv, iv, gv = rerank.rerank_index(queries, view, k_view, keys=keys[:100])
+  for r in range(len(queries)):
+    assert list(zip(dv[r].tolist(), iv[r].tolist(), gv[r].tolist())) == ref[r]
 
 
 def test_rerank_is_not_file_order():
@@ -233,12 +259,15 @@ def test_add_cases_persist_atomically_and_search_sees_them(run, tmp_path,
     r.add_cases(img[:1], ["new-2"], [["Normal"]])
   again = systems.open_run(wd)
   assert again.info["num_cases"] == 548 and again.case("new-1")["id"] == "new-1"
-  # A crash while persisting: old file intact, the case absent everywhere.
-  before = open(os.path.join(wd, bundle_lib.ADDED_FILE), "rb").read()
+  # Append-only: one segment per add, earlier segments never rewritten.
+  segs = added_cases.segment_paths(wd)
+  assert [os.path.basename(p) for p in segs] == ["segment-000001.npz"]
+  before = {p: open(p, "rb").read() for p in segs}
+  # A crash while persisting: old segments intact, the case absent everywhere.
   real_replace = os.replace
 
   def crash(src, dst):
-    if dst.endswith(bundle_lib.ADDED_FILE):
+    if os.path.basename(dst).startswith("segment-"):
       raise OSError("disk full")
     return real_replace(src, dst)
 
@@ -246,10 +275,14 @@ def test_add_cases_persist_atomically_and_search_sees_them(run, tmp_path,
   with pytest.raises(OSError):
     r.add_cases(img[:1], ["new-3"], [[]])
   monkeypatch.setattr(os, "replace", real_replace)
-  assert open(os.path.join(wd, bundle_lib.ADDED_FILE), "rb").read() == before
+  assert added_cases.segment_paths(wd) == segs
+  assert {p: open(p, "rb").read() for p in segs} == before
   with pytest.raises(KeyError):
     r.case("new-3")
   assert systems.open_run(wd).info["num_cases"] == 548
+  r.add_cases(run["images"][2:3], ["new-3"], [["malignant"]])   # id free again
+  assert len(added_cases.segment_paths(wd)) == 2
+  assert {p: open(p, "rb").read() for p in segs} == before
   # Searches while cases are appended: every answer is a whole database.
   errors = []
 
@@ -268,7 +301,86 @@ def test_add_cases_persist_atomically_and_search_sees_them(run, tmp_path,
   for j in range(5):
     r.add_cases(img[:1], [f"more-{j}"], [[]])
   t.join()
-  assert not errors and r.info["num_cases"] == 553
+  assert not errors and r.info["num_cases"] == 554
+
+
+def test_added_segments_verified_legacy_read_and_exported(run, tmp_path):
+  """Append-only segments (systems/added_cases.py). Catches: a damaged
+  segment skipped (cases silently gone) or deleted instead of refused naming
+  the file; a segment renamed into another's place accepted; the old single
+  `added_cases.npz` no longer read; `add_codes` accepting codes of the wrong
+  width; an export that drops the added cases."""
+  wd = str(tmp_path / "copy")
+  shutil.copytree(run["workdir"], wd)
+  r = systems.open_run(wd)
+  rng = np.random.default_rng(3)
+  codes = rng.standard_normal((5, r.num_bits)).astype(np.float32)
+  with pytest.raises(ValueError, match=r"\(5, 3\)"):
+    r.add_codes(codes[:, :3], [f"c{j}" for j in range(5)])
+  assert r.add_codes(codes[:3], ["c0", "c1", "c2"],
+                     [["malignant"], [], ["normal, benign"]]) == 549
+  assert r.add_codes(np.asarray(pack_codes(codes[3:])), ["c3", "c4"]) == 551
+  with pytest.raises(ValueError, match="c4"):
+    r.add_codes(codes[:1], ["c4"])
+  segs = added_cases.segment_paths(wd)
+  assert [os.path.basename(p) for p in segs] == ["segment-000001.npz",
+                                                 "segment-000002.npz"]
+  again = systems.open_run(wd)
+  assert again.info["num_cases"] == 551
+  assert again.case("c0")["labels"] == ["malignant"]
+  hits = again.search(codes, 551)
+  for j, row in enumerate(hits):
+    assert f"c{j}" in [h["id"] for h in row if h["distance"] == 0]
+  # Export folds the added cases into the bundle's own index.
+  out = str(tmp_path / "bundle")
+  again.export(out)
+  b = systems.open_run(out)
+  assert b.info["num_cases"] == 551 and b.case("c2")["labels"] == ["normal, benign"]
+  assert not added_cases.segment_paths(out)
+  # A snapshot taken before an add keeps its database (what a search that
+  # started earlier holds): not the new case, not the new length.
+  snap = again._snap  # pylint: disable=protected-access
+  want = again.search(codes[:2], 20)
+  again.add_codes(codes[:1], ["late"])
+  assert len(snap) == len(snap.index) == 551
+  with pytest.raises(KeyError):
+    snap.position("late")
+  again._snap, live = snap, again._snap  # pylint: disable=protected-access
+  assert again.search(codes[:2], 20) == want
+  again._snap = live  # pylint: disable=protected-access
+  assert "late" in [h["id"] for h in again.search(codes[:1], 552)[0]]
+  # A damaged segment (one flipped byte, then a truncation) refuses the run,
+  # naming the file, and is left in place.
+  good = open(segs[1], "rb").read()
+  for damaged in (good[:len(good) // 2] + bytes([good[len(good) // 2] ^ 1]) +
+                  good[len(good) // 2 + 1:], good[:-7]):
+    with open(segs[1], "wb") as f:
+      f.write(damaged)
+    with pytest.raises(bundle_lib.BundleError, match="segment-000002.npz"):
+      systems.open_run(wd)
+    assert open(segs[1], "rb").read() == damaged
+  # A segment copied over another number is refused too.
+  shutil.copy(segs[0], segs[1])
+  with pytest.raises(bundle_lib.BundleError, match="segment 1, its name says 2"):
+    systems.open_run(wd)
+  # The format before segments: one added_cases.npz, still read (first).
+  legacy = str(tmp_path / "legacy")
+  shutil.copytree(run["workdir"], legacy)
+  pngs = [b"\x89PNG-not-checked", b""]
+  np.savez(os.path.join(legacy, "added_cases.npz"),
+           packed=np.asarray(pack_codes(codes[:2]), np.uint32),
+           ids=np.asarray(["old-0", "old-1"]), names=np.asarray(["A", "B"]),
+           labels=np.asarray([[0, 1], [1, 0]], np.float32),
+           paths=np.asarray(["", ""]), num_bits=np.int64(r.num_bits),
+           png=np.frombuffer(b"".join(pngs), np.uint8),
+           offsets=np.asarray([0, len(pngs[0]), len(pngs[0])], np.int64))
+  old = systems.open_run(legacy)
+  assert old.info["num_cases"] == 548 and old.case("old-1")["name"] == "B"
+  assert old.case("old-0")["labels"] == [old.class_names[1]]
+  old.add_codes(codes[2:3], ["new"])
+  assert systems.open_run(legacy).info["num_cases"] == 549
+  with pytest.raises(ValueError, match="old-0"):
+    old.add_codes(codes[2:3], ["old-0"])
 
 
 # -- config classes -------------------------------------------------------------------

@@ -55,6 +55,9 @@ class TestPacking:
     assert packed.dtype == np.uint32 and packed.shape == (37, -(-bits // 32))
     np.testing.assert_array_equal(packed, np_pack(codes))
     assert bin(int(packed[0, 0])).count("1") == min(bits, 32)
+    host = retrieval.packing.pack_codes_host(codes.astype(np.float32))
+    assert host.dtype == np.uint32
+    np.testing.assert_array_equal(host, np_pack(codes))
 
   @pytest.mark.parametrize("bits", BITS)
   def test_round_trip(self, bits):
@@ -82,6 +85,8 @@ class TestPacking:
   def test_bad_codes(self, bad, match):
     with pytest.raises(ValueError, match=match):
       retrieval.pack_codes(bad)
+    with pytest.raises(ValueError, match=match):
+      retrieval.packing.pack_codes_host(bad)
 
 
 class TestTopK:

@@ -24,6 +24,7 @@ pytest.importorskip("pydicom")
 
 from PIL import Image  # noqa: E402
 
+from medhash_jax.systems import added_cases  # noqa: E402
 from tests import dicom_files  # noqa: E402
 from tests import serve_harness  # noqa: E402
 
@@ -428,6 +429,11 @@ def test_kill_during_add_leaves_a_whole_index(serve_run, tmp_path, xray):
   finally:
     s.stop()
   assert len(acked) >= 3
+  # What a kill in the middle of a segment write leaves: a temporary file
+  # (never under a segment's name). The restart must ignore it.
+  leftover = os.path.join(run, added_cases.FOLDER, "segment-000999.npz.tmp1")
+  with open(leftover, "wb") as f:
+    f.write(b"PK\x03\x04 half a zip")
   s2 = serve_harness.Server(run, log_dir=str(tmp_path))   # no token
   try:
     with httpx.Client(base_url=s2.url, timeout=30) as c:
@@ -436,6 +442,9 @@ def test_kill_during_add_leaves_a_whole_index(serve_run, tmp_path, xray):
                  if c.get(f"/api/cases/kill/{j}").status_code == 200]
       assert set(acked) <= set(present)
       assert n == 72 + len(present)
+      # One whole segment per present case, nothing else under their names.
+      assert len(added_cases.segment_paths(run)) == len(present)
+      assert os.path.exists(leftover)
       for cid in present:
         case = c.get("/api/cases/" + cid).json()
         assert case["labels"] == ["COVID"]

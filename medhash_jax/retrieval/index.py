@@ -142,6 +142,11 @@ class HammingIndex:
     return np.array(self._ids.view, np.int64)
 
   @property
+  def explicit_ids(self) -> bool:
+    """True when items carry ids given to `add` (else ids = positions)."""
+    return self._ids is not None
+
+  @property
   def nbytes(self) -> int:
     """Bytes held by codes (whole blocks of 16) and ids."""
     return self._store.layout.nbytes + (
@@ -172,6 +177,12 @@ class HammingIndex:
       raise ValueError(f"{name} has {codes.shape[1]} bits (shape "
                        f"{tuple(codes.shape)}) but the index has {self.num_bits}")
     return np.asarray(packing.pack_codes(codes))
+
+  def pack(self, codes, name: str = "codes") -> np.ndarray:
+    """Real-valued (n, K) or packed uint32 (n, words) codes -> packed
+    uint32 numpy, checked against this index's num_bits (ValueError naming
+    `name`, the shape and the offending row)."""
+    return np.asarray(self._to_packed(codes, name), np.uint32)
 
   def add(self, codes_or_packed, ids=None) -> None:
     """Appends codes (real-valued (n, K) or packed uint32 (n, words)).
@@ -225,6 +236,52 @@ class HammingIndex:
     d, i = topk.hamming_topk(q, self.packed, k, backend=backend)
     return np.asarray(d), np.asarray(i)
 
+  def _histogram(self, q, backend: str) -> np.ndarray:
+    self._ensure_verified()
+    if backend == "cpu":
+      from medhash_jax.retrieval import cpu_kernel  # pylint: disable=g-import-not-at-top
+      return cpu_kernel.layout_histogram(self._store.layout, len(self),
+                                         self.bytes_per_code, q)
+    return np.asarray(topk.hamming_histogram(q, self.packed, backend=backend))
+
+  def histogram(self, queries, *, backend: str = "auto") -> np.ndarray:
+    """int32 (Q, 32 W + 1): entry [q, d] = number of items at distance d."""
+    q = self._query_packed(queries)
+    return self._histogram(q, topk.resolve_backend(backend))
+
+  def packed_at(self, positions) -> np.ndarray:
+    """Packed uint32 (m, words) codes of the items at insertion positions
+    (0 <= p < len): gathered from the layout, O(m)."""
+    p = np.asarray(positions, np.int64).reshape(-1)
+    if p.size and (p.min() < 0 or p.max() >= len(self)):
+      raise IndexError(f"positions must lie in [0, {len(self)}), got "
+                       f"{int(p.min())}..{int(p.max())}")
+    self._ensure_verified()
+    return layout_lib.rows_to_packed(layout_lib.gather_rows(
+        self._store.layout, p, self.bytes_per_code))
+
+  def frozen(self) -> "HammingIndex":
+    """A view of the index as it is now, O(1): it shares the layout.
+
+    Later `add`s to this index do not change what the view holds: they
+    write past its codes (the partially filled last block is rewritten with
+    the same bytes for the codes the view holds; its other lanes are
+    padding, masked by the kernel), and a grown buffer is a new array the
+    view does not see. So a view is a consistent snapshot that concurrent
+    searches can read while another thread appends (the retrieval server's
+    swap-under-lock). Adding to the view itself copies it first.
+    """
+    self._ensure_verified()
+    view = HammingIndex(self.num_bits)
+    layout = self._store.layout.view()
+    layout.flags.writeable = False
+    view._store = layout_lib.LayoutStore(self.bytes_per_code, layout, len(self))
+    if self._ids is not None:
+      ids = self._ids.view.view()
+      ids.flags.writeable = False
+      view._ids = layout_lib.Growable(np.int64, ids)
+    return view
+
   def search(self, queries, k: int, *, backend: str = "auto"):
     """k nearest items per query.
 
@@ -250,13 +307,7 @@ class HammingIndex:
       raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
     q = self._query_packed(queries)
     backend = topk.resolve_backend(backend)
-    self._ensure_verified()
-    if backend == "cpu":
-      from medhash_jax.retrieval import cpu_kernel  # pylint: disable=g-import-not-at-top
-      hist = cpu_kernel.layout_histogram(self._store.layout, len(self),
-                                         self.bytes_per_code, q)
-    else:
-      hist = np.asarray(topk.hamming_histogram(q, self.packed, backend=backend))
+    hist = self._histogram(q, backend)
     counts = hist[:, :min(int(radius), hist.shape[1] - 1) + 1].sum(axis=1)
     lims = np.zeros(q.shape[0] + 1, np.int64)
     np.cumsum(counts, out=lims[1:])

@@ -89,6 +89,30 @@ def layout_to_rows(layout: np.ndarray, n: int, bytes_per: int) -> np.ndarray:
   return rows.reshape(nb * LANES, b)[:n]
 
 
+def gather_rows(layout: np.ndarray, positions, bytes_per: int) -> np.ndarray:
+  """Codes at arbitrary positions as uint8 (m, B) byte rows (a copy of m
+  codes only: the tie re-rank reads its candidates this way, not the whole
+  database)."""
+  p = np.asarray(positions, np.int64).reshape(-1)
+  b = int(bytes_per)
+  base = (p // LANES) * (LANES * b)
+  lane = p % LANES
+  f, t = divmod(b, 4)
+  out = np.empty((p.shape[0], b), np.uint8)
+  if f:   # word j of lane l: bytes 64 j + 4 l .. + 3 of the block
+    offs = (base[:, None, None] + 64 * np.arange(f)[None, :, None] +
+            4 * lane[:, None, None] + np.arange(4)[None, None, :])
+    out[:, :4 * f] = layout[offs.reshape(p.shape[0], 4 * f)]
+  o = 64 * f
+  if t >= 2:
+    out[:, 4 * f:4 * f + 2] = layout[base[:, None] + o + 2 * lane[:, None] +
+                                     np.arange(2)[None, :]]
+    o += 32
+  if t % 2:
+    out[:, b - 1] = layout[base + o + lane]
+  return out
+
+
 class Growable:
   """A 1-D numpy buffer with amortised growth (capacity doubles).
 

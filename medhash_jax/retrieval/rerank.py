@@ -65,6 +65,77 @@ def asymmetric_distance(query_code: np.ndarray, db_packed: np.ndarray,
   return -(_signs(db_packed, num_bits) @ np.asarray(query_code, np.float64))
 
 
+def _check(query_codes, n: int, k, keys):
+  q_codes = np.asarray(query_codes, np.float32)
+  if q_codes.ndim != 2:
+    raise ValueError(f"query codes must be (Q, K), got {q_codes.shape}")
+  if isinstance(k, bool) or not 1 <= int(k) <= n:
+    raise ValueError(f"k={k} must be between 1 and the database size {n}")
+  keys = np.asarray(keys, np.uint64)
+  if keys.shape != (n,):
+    raise ValueError(f"keys must have shape ({n},), got {keys.shape}")
+  return q_codes, int(k), keys
+
+
+def _rerank(q_codes, qp, n: int, k: int, keys, topk_fn, packed_at, hist_fn):
+  """The re-rank over any database: `topk_fn(query_rows, m)` its exact
+  (distance, position) top m, `packed_at(positions)` the packed codes of
+  some positions, `hist_fn(query_rows)` its distance histograms.
+
+  First one top-m scan, m = the power of two >= max(2k, 16): where the m-th
+  distance exceeds the k-th, the boundary tie group is inside it and so are
+  the counts of every distance <= the k-th (the tie group sizes). Queries
+  whose boundary group overflows m take a histogram scan and an exact top
+  `need` scan."""
+  nq, num_bits = q_codes.shape
+  out_d = np.zeros((nq, k), np.int32)
+  out_i = np.zeros((nq, k), np.int64)
+  out_g = np.zeros((nq, k), np.int64)
+  if nq == 0:
+    return out_d, out_i, out_g
+
+  def pick(qi, d, i, counts):
+    asym = asymmetric_distance(q_codes[qi], packed_at(i), num_bits)
+    best = np.lexsort((keys[i], asym, d))[:k]
+    out_d[qi], out_i[qi] = d[best], i[best]
+    out_g[qi] = counts[d[best]]
+
+  m0 = min(n, 1 << (max(2 * k, 16) - 1).bit_length())
+  d0, i0 = topk_fn(np.arange(nq), m0)
+  d0, i0 = np.asarray(d0), np.asarray(i0).astype(np.int64)
+  kth0 = d0[:, k - 1]
+  whole = (d0[:, -1] > kth0) | (m0 == n)
+  for qi in np.flatnonzero(whole):
+    c = int(np.count_nonzero(d0[qi] <= kth0[qi]))
+    d, i = d0[qi, :c], i0[qi, :c]
+    pick(qi, d, i, np.bincount(d, minlength=num_bits + 1))
+  rest = np.flatnonzero(~whole)
+  if not rest.size:
+    return out_d, out_i, out_g
+  hist = np.asarray(hist_fn(rest))
+  cum = np.cumsum(hist, axis=1)
+  kth = np.argmax(cum >= k, axis=1)      # the k-th smallest distance
+  # Items at distance <= the k-th: the top k plus the rest of the boundary
+  # tie group. The first `need` of the exact ranking are exactly those.
+  need = cum[np.arange(len(rest)), kth]
+  order = np.argsort(need, kind="stable")
+  start = 0
+  while start < len(rest):
+    # Queries of similar `need` together, within the memory budget.
+    m = int(need[order[start]])
+    rows = max(1, _BUDGET // max(m * num_bits, 1))
+    chunk = order[start:start + rows]
+    # Power-of-two k (capped at n): a few kernel shapes, not one per query.
+    m = min(n, 1 << (int(need[chunk].max()) - 1).bit_length())
+    cd, ci = topk_fn(rest[chunk], m)
+    cd, ci = np.asarray(cd), np.asarray(ci).astype(np.int64)
+    for r, j in enumerate(chunk):
+      c = int(need[j])
+      pick(rest[j], cd[r, :c], ci[r, :c], hist[j])
+    start += len(chunk)
+  return out_d, out_i, out_g
+
+
 def rerank_topk(query_codes, db_packed, k: int, *, keys: np.ndarray,
                 backend: str = "auto"
                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,52 +152,43 @@ def rerank_topk(query_codes, db_packed, k: int, *, keys: np.ndarray,
     (distances int32 (Q, k), positions int64 (Q, k), tie group sizes int64
     (Q, k)); each row sorted by (distance, asymmetric distance, key).
   """
-  q_codes = np.asarray(query_codes, np.float32)
   db_packed = np.asarray(db_packed, np.uint32)
   n = db_packed.shape[0]
-  if q_codes.ndim != 2:
-    raise ValueError(f"query codes must be (Q, K), got {q_codes.shape}")
-  num_bits = q_codes.shape[1]
-  if isinstance(k, bool) or not 1 <= int(k) <= n:
-    raise ValueError(f"k={k} must be between 1 and the database size {n}")
-  k = int(k)
-  keys = np.asarray(keys, np.uint64)
-  if keys.shape != (n,):
-    raise ValueError(f"keys must have shape ({n},), got {keys.shape}")
-  nq = q_codes.shape[0]
-  out_d = np.zeros((nq, k), np.int32)
-  out_i = np.zeros((nq, k), np.int64)
-  out_g = np.zeros((nq, k), np.int64)
-  if nq == 0:
-    return out_d, out_i, out_g
-  qp = np.asarray(packing.pack_codes(q_codes))
-  dist, _ = topk.hamming_topk(qp, db_packed, k, backend=backend)
-  kth = np.asarray(dist)[:, -1]
-  hist = np.asarray(topk.hamming_histogram(qp, db_packed, backend=backend))
-  cum = np.cumsum(hist, axis=1)
-  # Items at distance <= the k-th: the top k plus the rest of the boundary
-  # tie group. The first `need` of the exact ranking are exactly those.
-  need = cum[np.arange(nq), kth]
-  order = np.argsort(need, kind="stable")
-  start = 0
-  while start < nq:
-    # Queries of similar `need` together, within the memory budget.
-    m = int(need[order[start]])
-    rows = max(1, _BUDGET // max(m * num_bits, 1))
-    chunk = order[start:start + rows]
-    # Power-of-two k (capped at n): a few kernel shapes, not one per query.
-    m = min(n, 1 << (int(need[chunk].max()) - 1).bit_length())
-    cd, ci = topk.hamming_topk(qp[chunk], db_packed, m, backend=backend)
-    cd, ci = np.asarray(cd), np.asarray(ci).astype(np.int64)
-    for r, qi in enumerate(chunk):
-      c = int(need[qi])
-      d, i = cd[r, :c], ci[r, :c]
-      asym = asymmetric_distance(q_codes[qi], db_packed[i], num_bits)
-      pick = np.lexsort((keys[i], asym, d))[:k]
-      out_d[qi], out_i[qi] = d[pick], i[pick]
-      out_g[qi] = hist[qi, d[pick]]
-    start += len(chunk)
-  return out_d, out_i, out_g
+  q_codes, k, keys = _check(query_codes, n, k, keys)
+  qp = packing.pack_codes_host(q_codes)
+  return _rerank(
+      q_codes, qp, n, k, keys,
+      lambda rows, m: topk.hamming_topk(qp[rows], db_packed, m,
+                                        backend=backend),
+      lambda positions: db_packed[positions],
+      lambda rows: topk.hamming_histogram(qp[rows], db_packed,
+                                          backend=backend))
+
+
+def rerank_index(query_codes, index, k: int, *, keys: np.ndarray,
+                 backend: str = "auto"
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`rerank_topk` over a `HammingIndex` (positions = insertion order).
+
+  The index is scanned in place (the C++ kernel on the CPU): one top-m
+  scan for most queries, a histogram and a top-`need` scan more where the
+  boundary tie group is larger than m (see `_rerank`); only the candidates'
+  codes are read for the asymmetric distance. Same answer as `rerank_topk`
+  over `index.packed`.
+  """
+  if index.explicit_ids:
+    raise ValueError("rerank_index needs an index without explicit ids (its "
+                     "search must answer insertion positions)")
+  n = len(index)
+  q_codes, k, keys = _check(query_codes, n, k, keys)
+  if q_codes.shape[1] != index.num_bits:
+    raise ValueError(f"query codes have {q_codes.shape[1]} bits, the index "
+                     f"{index.num_bits}")
+  qp = packing.pack_codes_host(q_codes)
+  return _rerank(q_codes, qp, n, k, keys,
+                 lambda rows, m: index.search(qp[rows], m, backend=backend),
+                 index.packed_at,
+                 lambda rows: index.histogram(qp[rows], backend=backend))
 
 
 def rerank_reference(query_codes, db_packed, k: int, *, keys: np.ndarray):

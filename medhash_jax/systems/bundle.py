@@ -32,8 +32,9 @@ format, and hide the parameters from inspection. Parameters + config is
 small, inspectable, and exactly the selected model (tested: same codes as
 the live model).
 
-Cases appended at serving time (`Retriever.add_cases`) live in one more file,
-`added_cases.npz`, beside the others (written atomically; see retriever.py);
+Cases appended at serving time (`Retriever.add_cases` / `add_codes`) live in
+append-only segment files, `added/segment-NNNNNN.npz`, beside the others
+(earlier releases: one `added_cases.npz`, still read; see added_cases.py);
 `export` folds them into the bundle's index and metadata.
 """
 

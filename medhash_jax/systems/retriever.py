@@ -20,24 +20,38 @@ The interface the CLI (`--mode=encode|search|export`) and the HTTP server
     r.thumbnail(case_id) # PNG bytes (<= 96 px); KeyError if unknown
     r.add_cases(images, ids, labels)  # encode + append + persist; ValueError
                                       # on a duplicate id or unknown class
+    r.add_codes(codes, ids, labels)   # the same for precomputed codes (float
+                                      # (n, K) or packed uint32): bulk loads
     r.explain(image)     # PNG of the Grad-CAM overlay (ATH), None otherwise
     r.export(out_dir)    # a portable bundle of the current state
 
-Thread safety: the searchable state is an immutable `_Snapshot`; `add_cases`
-builds a new one, persists it, then swaps the reference under a lock, so a
-concurrent `search` sees either the old or the new database, never a torn
-one. Encoding is a jitted function of fixed-size padded batches (power-of-two
+Search: the database's codes live in one `retrieval.HammingIndex` (the C++
+kernel's block layout, searched in place, no per-search copy), and
+`rerank.rerank_index` scans it twice per query batch: the distance
+histogram, then the exact top (k + the rest of the boundary tie group);
+only those candidates' codes are read for the tie re-rank.
+
+Thread safety: the database is append-only (`_Cases`: the index grows in
+place, metadata in lists and growable arrays; nothing below the current
+count is ever rewritten), and the searchable state is an immutable
+`_Snapshot` of its first n cases, O(1) to take. `add_cases` / `add_codes`
+persist the new cases, append them and swap in a new snapshot under a lock;
+a concurrent `search` holds one snapshot for the whole call and sees the old
+or the new database, never a torn one. An add costs O(its own cases).
+Encoding is a jitted function of fixed-size padded batches (power-of-two
 buckets up to 64: a handful of compiles, none per request).
 
-Persistence of added cases: one file, `added_cases.npz` in the run folder
-(packed codes, ids, names, labels, paths, thumbnails of every case added so
-far), written to a temporary name, fsynced and renamed. The training-time
-index and metadata are never rewritten, so a crash leaves the old files
-intact and each added case either fully present or absent.
+Persistence of added cases: one append-only segment file per add call,
+`added/segment-NNNNNN.npz` in the run folder (systems/added_cases.py),
+written to a temporary name, fsynced and renamed before the cases become
+searchable; every segment is verified on load and a damaged one refuses the
+run naming the file. The training-time index and metadata are never
+rewritten, so a crash leaves the old files intact and each added case
+either fully present or absent. (`added_cases.npz`, the single file older
+releases rewrote per add, is still read.)
 """
 
 import io
-import os
 import threading
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -47,45 +61,86 @@ import numpy as np
 from PIL import Image
 
 from medhash_jax import data as data_lib
+from medhash_jax.retrieval import HammingIndex
+from medhash_jax.retrieval import layout as layout_lib
 from medhash_jax.retrieval import pack_codes
 from medhash_jax.retrieval import rerank
+from medhash_jax.systems import added_cases
 from medhash_jax.systems import bundle as bundle_lib
 from medhash_jax.train import run_files
 
 _MAX_BUCKET = 64
 
 
-class _Snapshot:
-  """The searchable database: immutable once built (arrays read-only)."""
+class _Cases:
+  """The database, append-only: codes in a HammingIndex (the kernel layout,
+  searched in place), metadata in lists and growable arrays. Entries below
+  `count` are never changed, so `_Snapshot`s of a prefix stay valid while
+  this grows. Written only under `Retriever._lock`; an append costs O(new
+  cases)."""
 
-  def __init__(self, packed, ids, names, labels, paths, thumbs, seed: int,
-               keys=None):
-    self.packed = np.ascontiguousarray(packed, np.uint32)
-    self.ids = np.asarray(ids).astype(str)
-    self.names = np.asarray(names).astype(str)
-    self.labels = np.asarray(labels, np.float32)
-    self.paths = np.asarray(paths).astype(str)
-    self.thumbs = tuple(thumbs)
-    self.keys = rerank.tie_keys(self.ids, seed) if keys is None else keys
-    for a in (self.packed, self.ids, self.names, self.labels, self.paths,
-              self.keys):
-      a.setflags(write=False)
-    self.pos = {str(i): j for j, i in enumerate(self.ids)}
-    if len(self.pos) != len(self.ids):
-      raise bundle_lib.BundleError("the database has duplicate case ids")
+  def __init__(self, num_bits: int, num_labels: int, seed: int):
+    self.index = HammingIndex(num_bits)
+    self.num_labels = int(num_labels)
+    self.seed = int(seed)
+    self.ids, self.names, self.paths, self.thumbs = [], [], [], []
+    self.labels = layout_lib.Growable(np.float32)   # (count * C,) flat
+    self.keys = layout_lib.Growable(np.uint64)
+    self.pos = {}
+    self.count = 0
+
+  def taken(self, ids: Sequence[str]) -> List[str]:
+    return [i for i in ids if i in self.pos]
+
+  def append(self, packed, ids, names, labels, paths, thumbs) -> None:
+    """Appends cases with new, unique ids (the caller checked them)."""
+    n, m, c = self.count, len(ids), self.num_labels
+    labels = np.asarray(labels, np.float32).reshape(m, c)
+    # Slots at >= count may hold the leftovers of a failed append: overwrite.
+    self.ids[n:] = [str(i) for i in ids]
+    self.names[n:] = [str(x) for x in names]
+    self.paths[n:] = [str(x) for x in paths]
+    self.thumbs[n:] = list(thumbs)
+    self.labels.write(n * c, labels.reshape(-1))
+    self.labels.size = (n + m) * c
+    self.keys.write(n, rerank.tie_keys(self.ids[n:], self.seed))
+    self.keys.size = n + m
+    self.index.add(np.asarray(packed, np.uint32))
+    self.pos.update(zip(self.ids[n:], range(n, n + m)))
+    self.count = n + m
+
+
+class _Snapshot:
+  """The searchable database as of one moment: the first n cases of a
+  `_Cases` (a frozen HammingIndex view, read-only label and key views, the
+  shared lists read below n only). O(1) to take; immutable."""
+
+  def __init__(self, cases: _Cases):
+    n, c = cases.count, cases.num_labels
+    self.n = n
+    self.index = cases.index.frozen()
+    self.ids, self.names = cases.ids, cases.names
+    self.paths, self.thumbs = cases.paths, cases.thumbs
+    self.labels = cases.labels.view[:n * c].reshape(n, c)
+    self.keys = cases.keys.view[:n]
+    for a in (self.labels, self.keys):
+      a.flags.writeable = False
+    self._pos = cases.pos
 
   def __len__(self):
-    return self.packed.shape[0]
+    return self.n
 
-  def extended(self, packed, ids, names, labels, paths, thumbs, seed):
-    new_keys = rerank.tie_keys(np.asarray(ids).astype(str), seed)
-    return _Snapshot(np.concatenate([self.packed, packed]),
-                     np.concatenate([self.ids, np.asarray(ids).astype(str)]),
-                     np.concatenate([self.names, np.asarray(names).astype(str)]),
-                     np.concatenate([self.labels, labels]),
-                     np.concatenate([self.paths, np.asarray(paths).astype(str)]),
-                     self.thumbs + tuple(thumbs), seed,
-                     keys=np.concatenate([self.keys, new_keys]))
+  def position(self, case_id: str) -> int:
+    """The case's position; KeyError if unknown (or added after this)."""
+    p = self._pos.get(str(case_id))
+    if p is None or p >= self.n:
+      raise KeyError(case_id)
+    return p
+
+  @property
+  def packed(self) -> np.ndarray:
+    """uint32 (n, W) packed codes (a copy, O(n): export, benchmarks)."""
+    return self.index.packed
 
 
 def _placeholder_png() -> bytes:
@@ -126,10 +181,9 @@ class Retriever:
             f"{self.root}: a two-view (ATH) run without its classifier")
       self._views = _local_views(parts.classifier, rec["ath"], rec)
     self._lock = threading.Lock()
-    base = _Snapshot(parts.packed, parts.ids, parts.names, parts.labels,
-                     parts.paths, parts.thumbs, self._seed)
-    self._base_count = len(base)
-    self._snap = self._with_added(base)
+    self._cases = _Cases(self.num_bits, len(self.class_names), self._seed)
+    self._load_cases(parts)
+    self._snap = _Snapshot(self._cases)
 
   # -- description ------------------------------------------------------------
 
@@ -214,8 +268,8 @@ class Retriever:
         not 1 <= k <= n:
       raise ValueError(f"k={k!r} must be an integer between 1 and the number "
                        f"of cases in the database ({n})")
-    dist, pos, group = rerank.rerank_topk(codes, snap.packed, int(k),
-                                          keys=snap.keys)
+    dist, pos, group = rerank.rerank_index(codes, snap.index, int(k),
+                                           keys=snap.keys)
     out = []
     for qd, qp, qg in zip(dist, pos, group):
       out.append([{"rank": r + 1, "id": str(snap.ids[p]), "distance": int(d),
@@ -227,39 +281,36 @@ class Retriever:
 
   def case(self, case_id: str) -> Dict[str, Any]:
     snap = self._snap
-    p = snap.pos[str(case_id)]   # KeyError for an unknown id
+    p = snap.position(case_id)   # KeyError for an unknown id
     return {"id": str(snap.ids[p]), "name": str(snap.names[p]),
             "labels": self._labels_of(snap.labels[p]),
             "path": str(snap.paths[p])}
 
   def thumbnail(self, case_id: str) -> bytes:
     snap = self._snap
-    png = snap.thumbs[snap.pos[str(case_id)]]
+    png = snap.thumbs[snap.position(case_id)]
     return png or _placeholder_png()
 
   # -- appending -------------------------------------------------------------------
 
-  def _added_path(self) -> str:
-    return os.path.join(self.root, bundle_lib.ADDED_FILE)
-
-  def _with_added(self, base: _Snapshot) -> _Snapshot:
-    path = self._added_path()
-    if not os.path.exists(path):
-      return base
-    try:
-      a = dict(np.load(path, allow_pickle=False))
-      packed = a["packed"].astype(np.uint32)
-      thumbs = run_files.unpack_pngs(a["png"], a["offsets"])
-      if int(a["num_bits"]) != self.num_bits or packed.shape[0] != len(a["ids"]):
-        raise ValueError("its codes do not match the run")
-      labels = np.asarray(a["labels"], np.float32).reshape(len(packed), -1)
-      if labels.shape[1] != base.labels.shape[1]:
-        raise ValueError(f"{labels.shape[1]} label columns, the run has "
-                         f"{base.labels.shape[1]}")
-    except Exception as e:  # pylint: disable=broad-except
-      raise bundle_lib.BundleError(f"{path}: unreadable ({e})") from e
-    return base.extended(packed, a["ids"], a["names"], labels, a["paths"],
-                         thumbs, self._seed)
+  def _load_cases(self, parts: bundle_lib.RunParts) -> None:
+    """The run's own cases, then every added-cases segment in order."""
+    c = self._cases
+    ids = [str(i) for i in parts.ids]
+    c.append(parts.packed, ids, parts.names, parts.labels, parts.paths,
+             parts.thumbs)
+    if len(c.pos) != len(ids):
+      raise bundle_lib.BundleError(f"{self.root}: the database has duplicate "
+                                   "case ids")
+    for seg in added_cases.read_all(self.root, self.num_bits,
+                                    len(self.class_names)):
+      taken = c.taken(seg["ids"])
+      if taken or len(set(seg["ids"].tolist())) != len(seg["ids"]):
+        raise added_cases.SegmentError(
+            f"{seg['path']}: case id(s) already in the database: "
+            f"{(taken or ['(repeated within the segment)'])[:10]}")
+      c.append(seg["packed"], seg["ids"], seg["names"], seg["labels"],
+               seg["paths"], seg["thumbs"])
 
   def _multi_hot(self, labels) -> np.ndarray:
     out = np.zeros((len(labels), len(self.class_names)), np.float32)
@@ -272,6 +323,38 @@ class Retriever:
                            f"are {self.class_names}")
         out[r, index[c]] = 1.0
     return out
+
+  def _new_cases(self, n: int, ids, labels, names):
+    """Checked ids, multi-hot labels and names of n cases to add."""
+    ids = [str(i) for i in ids]
+    labels = [[]] * len(ids) if labels is None else list(labels)
+    names = list(ids) if names is None else [str(x) for x in names]
+    if not n == len(ids) == len(labels) == len(names):
+      raise ValueError(f"{n} cases, {len(ids)} ids, {len(labels)} labels and "
+                       f"{len(names)} names: give one per case")
+    if any(not i for i in ids):
+      raise ValueError("case ids must be non-empty strings")
+    if len(set(ids)) != len(ids):
+      seen, twice = set(), set()
+      for i in ids:
+        (twice if i in seen else seen).add(i)
+      raise ValueError("duplicate case id within the call: " +
+                       ", ".join(sorted(twice)[:10]))
+    return ids, self._multi_hot(labels), names
+
+  def _append(self, packed, ids, names, multi_hot, thumbs) -> int:
+    """Persists one segment, then appends and swaps in a new snapshot."""
+    with self._lock:
+      taken = self._cases.taken(ids)
+      if taken:
+        raise ValueError(f"case id(s) already in the database: {taken[:10]}")
+      paths = [""] * len(ids)
+      added_cases.write_segment(
+          self.root, packed=packed, ids=ids, names=names, labels=multi_hot,
+          paths=paths, thumbs=thumbs, num_bits=self.num_bits)
+      self._cases.append(packed, ids, names, multi_hot, paths, thumbs)
+      self._snap = _Snapshot(self._cases)
+      return len(self._snap)
 
   def add_cases(self, images: Sequence[np.ndarray], ids: Sequence[str],
                 labels: Optional[Sequence[Sequence[str]]] = None,
@@ -288,39 +371,36 @@ class Retriever:
       The number of cases in the database afterwards.
     """
     images = self._check_images(images)
-    ids = [str(i) for i in ids]
-    labels = [[]] * len(ids) if labels is None else list(labels)
-    names = list(ids) if names is None else [str(x) for x in names]
-    if not len(images) == len(ids) == len(labels) == len(names):
-      raise ValueError(f"{len(images)} images, {len(ids)} ids, {len(labels)} "
-                       f"labels and {len(names)} names: give one per case")
-    if any(not i for i in ids):
-      raise ValueError("case ids must be non-empty strings")
-    if len(set(ids)) != len(ids):
-      raise ValueError("duplicate case id within the call: " + ", ".join(
-          sorted({i for i in ids if ids.count(i) > 1})))
-    multi_hot = self._multi_hot(labels)
+    ids, multi_hot, names = self._new_cases(len(images), ids, labels, names)
     codes = self.encode_images(images)   # outside the lock: the slow part
     packed = np.asarray(pack_codes(codes), np.uint32)
     thumbs = [run_files.thumbnail_png(img) for img in images]
-    with self._lock:
-      snap = self._snap
-      taken = [i for i in ids if i in snap.pos]
-      if taken:
-        raise ValueError(f"case id(s) already in the database: {taken[:10]}")
-      new = snap.extended(packed, ids, names, multi_hot, [""] * len(ids),
-                          thumbs, self._seed)
-      self._persist_added(new)
-      self._snap = new
-    return len(new)
+    return self._append(packed, ids, names, multi_hot, thumbs)
 
-  def _persist_added(self, snap: _Snapshot):
-    b = self._base_count
-    run_files.atomic_savez(
-        self._added_path(), packed=snap.packed[b:], ids=snap.ids[b:],
-        names=snap.names[b:], labels=snap.labels[b:], paths=snap.paths[b:],
-        num_bits=np.int64(self.num_bits), **run_files.pack_pngs(
-            list(snap.thumbs[b:])))
+  def add_codes(self, codes: np.ndarray, ids: Sequence[str],
+                labels: Optional[Sequence[Sequence[str]]] = None,
+                names: Optional[Sequence[str]] = None,
+                thumbnails: Optional[Sequence[bytes]] = None) -> int:
+    """Appends cases whose codes are already computed (migrations, bulk
+    loads, benchmarks): the same checks, persistence and snapshot swap as
+    `add_cases`, without the encoder.
+
+    Args:
+      codes: real-valued float (n, K) codes (bit = code >= 0) or packed
+        uint32 (n, ceil(K / 32)) as `retrieval.pack_codes` writes them.
+      ids, labels, names: as for `add_cases`.
+      thumbnails: optional PNG bytes per case (default: none, b"").
+
+    Returns:
+      The number of cases in the database afterwards.
+    """
+    packed = self._cases.index.pack(codes, "codes")   # checked: bits, shape
+    n = packed.shape[0]
+    ids, multi_hot, names = self._new_cases(n, ids, labels, names)
+    thumbs = [b""] * n if thumbnails is None else list(thumbnails)
+    if len(thumbs) != n:
+      raise ValueError(f"{len(thumbs)} thumbnails for {n} cases")
+    return self._append(packed, ids, names, multi_hot, thumbs)
 
   # -- explanations and export -------------------------------------------------------
 
@@ -343,12 +423,13 @@ class Retriever:
 
   def parts(self) -> bundle_lib.RunParts:
     """The current state (added cases included) as RunParts."""
-    snap = self._snap
+    snap, n = self._snap, len(self._snap)
     return bundle_lib.RunParts(
         root=self.root, kind=self.kind, config=self.config.to_dict(),
         record=self.record, variables=self.variables, packed=snap.packed,
-        ids=snap.ids, names=snap.names, labels=snap.labels, paths=snap.paths,
-        thumbs=list(snap.thumbs), classifier=self._classifier)
+        ids=np.asarray(snap.ids[:n], str), names=np.asarray(snap.names[:n], str),
+        labels=np.array(snap.labels), paths=np.asarray(snap.paths[:n], str),
+        thumbs=list(snap.thumbs[:n]), classifier=self._classifier)
 
   def export(self, out_dir: str) -> Dict[str, Any]:
     """A portable bundle at out_dir (which must not exist); its manifest."""
