@@ -51,7 +51,7 @@ class Run:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: Optional[str],
                *, for_training: bool = True):
-    validation.validate_config(config)
+    validation.validate_config(config, for_training=for_training)
     self.config = config
     self.workdir = workdir
     self.mesh = mesh_lib.make_mesh(config.num_devices or None)
@@ -78,7 +78,8 @@ class Run:
         eval_batch_size=self.eval_batch_size)
     self.task = task_lib.build_task(config, num_classes=self.ds.num_classes,
                                     multi_label=self.ds.multi_label,
-                                    two_view=self.ds.two_view)
+                                    two_view=self.ds.two_view,
+                                    for_training=for_training)
     rng = state_lib.root_key(config.seed)
     example = mesh_lib.shard_batch(
         {k: v for k, v in self.ds.example_batch().items()

@@ -59,6 +59,52 @@ def check_loss_kwargs(name: str, loss_fn: Callable, kwargs: Dict[str, Any]):
                       f"loss {name!r}; valid: {sorted(hyper)}")
 
 
+def available_loss_inputs(config) -> set:
+  """The loss inputs a config's model and batches provide (known before any
+  data is read): codes, labels, features and label_mask always; logits with
+  a class head; MTH's code_logits with its class head; triplets with
+  triplet sampling."""
+  kwargs = config.model.kwargs
+  want_classes = (config.loss.classification_weight > 0 or
+                  bool(kwargs.get("class_head", False)))
+  out = {"codes", "labels", "features", "label_mask"}
+  if want_classes:
+    out.add("logits")
+    if config.model.name == "mth":
+      out.add("code_logits")
+  if config.data.get("sampling", "") == "triplet":
+    out.add("triplets")
+  return out
+
+
+def resolve_training_loss(config):
+  """(loss function, source records) of config.loss, checked before any data
+  is read: the spec resolves (a registered name, module:function or
+  file.py:function), loss.kwargs are its hyper-parameters, and the inputs it
+  requires are ones the model and batches produce."""
+  try:
+    loss_fn, sources = _losses().resolve_objective(config.loss)
+  except _losses().LossSpecError as e:
+    raise ConfigError(str(e)) from e
+  name = config.loss.name
+  check_loss_kwargs(name, loss_fn, config.loss.kwargs.to_dict()
+                    if hasattr(config.loss.kwargs, "to_dict")
+                    else dict(config.loss.kwargs))
+  missing = sorted(set(getattr(loss_fn, "required_inputs", ())) -
+                   available_loss_inputs(config))
+  if missing:
+    hints = {"logits": "set loss.classification_weight > 0 or "
+                       "model.kwargs.class_head=True",
+             "code_logits": "only model 'mth' with a class head has it",
+             "triplets": "set data.sampling='triplet'"}
+    raise ConfigError(
+        f"loss {name!r} requires inputs {missing} that model "
+        f"{config.model.name!r} with this config does not produce ("
+        + "; ".join(f"{m}: {hints.get(m, 'never produced')}" for m in missing)
+        + ")")
+  return loss_fn, sources
+
+
 # Model arguments the trainer sets itself (not allowed in model.kwargs).
 TRAINER_MODEL_ARGS = ("num_bits", "num_classes", "dtype")
 
@@ -104,7 +150,8 @@ class Task:
                             if hasattr(config.loss.kwargs, "to_dict")
                             else config.loss.kwargs)
     self._loss_inputs = set(getattr(loss_fn, "inputs", ()))
-    check_loss_kwargs(config.loss.name, loss_fn, self.loss_kwargs)
+    if loss_fn is not None:
+      check_loss_kwargs(config.loss.name, loss_fn, self.loss_kwargs)
     beta = config.model.beta
     self.beta_fn = _models().beta_schedule(
         beta.schedule, init=beta.init, gamma=beta.gamma, power=beta.power,
@@ -173,6 +220,9 @@ class Task:
     kwargs = {k: v for k, v in candidates.items()
               if v is not None and k in self._loss_inputs}
     kwargs.update(self.loss_kwargs)
+    if self.loss_fn is None:
+      raise ValueError("this task was built for inference (no loss); build "
+                       "it with for_training=True to train")
     res = self.loss_fn(**kwargs)
     if isinstance(res, tuple):
       hash_loss, terms = res
@@ -229,9 +279,13 @@ def stack_triplet_views(batch: Dict[str, Any], input_keys) -> Dict[str, Any]:
 
 
 def build_task(config, *, num_classes: int, multi_label: bool,
-               two_view: bool = False) -> Task:
-  """Model + loss from the registries; unknown names fail with the list."""
-  models, losses = _models(), _losses()
+               two_view: bool = False, for_training: bool = True) -> Task:
+  """Model + loss from the registries; unknown names fail with the list.
+
+  for_training=False (encoding, search, serving, re-evaluation) leaves the
+  loss out: a run trained with a loss file needs no such file afterwards.
+  """
+  models = _models()
   kwargs = dict(config.model.kwargs.to_dict()
                 if hasattr(config.model.kwargs, "to_dict") else
                 config.model.kwargs)
@@ -244,10 +298,7 @@ def build_task(config, *, num_classes: int, multi_label: bool,
         dtype=config.model.dtype, **kwargs)
   except (KeyError, ValueError, TypeError) as e:
     raise ConfigError(f"model {config.model.name!r}: {e}") from e
-  try:
-    loss_fn = losses.get_loss(config.loss.name)
-  except (KeyError, ValueError) as e:
-    raise ConfigError(f"loss {config.loss.name!r}: {e}") from e
+  loss_fn = resolve_training_loss(config)[0] if for_training else None
   # Fills every backbone the model has (both ATH branches, for instance).
   converter = models.pretrained_converter(config.model.name)
   return Task(config, model=model, loss_fn=loss_fn, multi_label=multi_label,

@@ -31,10 +31,13 @@ def _positive_int(value, name):
     raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
-def validate_config(config) -> None:
+def validate_config(config, *, for_training: bool = True) -> None:
   """Raises ConfigError on unknown keys and impossible values.
 
-  The batch/device check is in `mesh` (it needs the mesh).
+  The batch/device check is in `mesh` (it needs the mesh). With
+  `for_training` the loss is resolved and checked, and its source (file and
+  sha256 for a loss outside the package) is written into config.loss.source;
+  inference leaves the loss alone (its file may be gone).
   """
   bad = unknown_keys(config)
   if bad:
@@ -88,15 +91,12 @@ def validate_config(config) -> None:
     raise ConfigError(f"model.name {config.model.name!r} is a classifier "
                       "without a hash layer; use one of "
                       f"{sorted(n for n in models.MODELS if models.is_hash_model(n))}")
-  from medhash_jax import losses  # pylint: disable=g-import-not-at-top
   from medhash_jax.train import task as task_lib  # pylint: disable=g-import-not-at-top
   task_lib.check_model_kwargs(config.model.name, models.MODELS[config.model.name],
                               config.model.kwargs.to_dict())
-  if config.loss.name not in losses.LOSSES:
-    raise ConfigError(f"unknown loss.name {config.loss.name!r}; known: "
-                      f"{sorted(losses.LOSSES)}")
-  task_lib.check_loss_kwargs(config.loss.name, losses.LOSSES[config.loss.name],
-                             config.loss.kwargs.to_dict())
+  if for_training:
+    _, sources = task_lib.resolve_training_loss(config)
+    config.loss.source = tuple(sources)
   names = data_lib.source_names()
   if config.data.name not in names:
     raise ConfigError(f"unknown data.name {config.data.name!r}; known: "
