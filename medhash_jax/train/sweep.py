@@ -328,7 +328,8 @@ def run_sweep(config: ml_collections.ConfigDict,
                        "resume: use a fresh --workdir")
   os.makedirs(vdir, exist_ok=True)
   run = loop.Run(variants[0].config, None)
-  base_lr = float(config.optim.learning_rate)
+  # The compiled optimizer is variant 0's; others scale its updates.
+  base_lr = float(run.config.optim.learning_rate)
   sweep_lr = "optim.learning_rate" in sweep
   step_fn = make_sweep_step(run.task, run.schedule)
   # One input pipeline per distinct seed (variants of one seed see the same
