@@ -229,3 +229,21 @@ def test_sweep_variant_equals_its_sequential_run(data_dir, tmp_path):
   assert r.info["model_step"] == rows[1]["selected_step"]
   hits = r.search(r.encode_images(np.zeros((1, 28, 28, 1), np.uint8)), 3)
   assert len(hits[0]) == 3
+
+
+def test_swept_value_in_python_control_flow_is_refused(data_dir, tmp_path):
+  """Catches: a loss that branches on a swept value in Python crashing with
+  a bare tracer error (or, worse, every variant taking one branch)."""
+  f = tmp_path / "branchy.py"
+  f.write_text("import jax.numpy as jnp\n"
+               "def branchy(*, codes, labels, margin: float = 0.0):\n"
+               "  if margin > 0:\n"
+               "    return jnp.mean(codes) + margin, {}\n"
+               "  return jnp.mean(codes), {}\n")
+  c = _config(data_dir, num_steps=1, eval_every_steps=1)
+  with c.unlocked():
+    c.loss.name = f"{f}:branchy"
+  with pytest.raises(sweep.SweepError, match=r"Python control flow.*"
+                                             r"loss.kwargs.margin"):
+    sweep.run_sweep(c, {"loss.kwargs.margin": [0.0, 1.0]},
+                    str(tmp_path / "w"))
