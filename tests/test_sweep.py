@@ -119,7 +119,7 @@ def test_vmapped_step_equals_the_plain_step_per_variant(smoke_run):
     tx, sched = optim_lib.build_optimizer(vc.optim, variables["params"],
                                           c.train.num_steps)
     st = state_lib.create_train_state(
-        apply_fn=run.task.model.apply, variables=variables, tx=run.tx,
+        apply_fn=run.task.model.apply, variables=variables, tx=run.state.tx,
         rng=state_lib.root_key(seed), mesh=run.mesh)
     states.append(st)
     roots.append(jnp.array(st.rng))

@@ -47,6 +47,7 @@ import optax
 from medhash_jax import data as data_lib
 from medhash_jax.train import checkpoint as ckpt_lib
 from medhash_jax.train import defaults
+from medhash_jax.train import fit as fit_lib
 from medhash_jax.train import loop
 from medhash_jax.train import mesh as mesh_lib
 from medhash_jax.train import state as state_lib
@@ -371,7 +372,7 @@ def _initial(run, v, base_lr, sweep_lr):
        if k in run.task.input_keys}, run.mesh)
   variables = run.task.init(int(v.config.seed), example, run.mesh)
   state = state_lib.create_train_state(
-      apply_fn=run.task.model.apply, variables=variables, tx=run.tx,
+      apply_fn=run.task.model.apply, variables=variables, tx=run.state.tx,
       rng=state_lib.root_key(v.config.seed), mesh=run.mesh)
   hyper = {k: np.float32(x) for k, x in _loss_overrides(v.assign).items()}
   if sweep_lr:
@@ -433,7 +434,7 @@ def _train_group(run, step_fn, group, iters, init) -> float:
   eval_every = int(cfg.train.eval_every_steps)
   select = cfg.eval.select_metric
   writers = []
-  meters = [loop._Meter() for _ in group]  # pylint: disable=protected-access
+  meters = [fit_lib._Meter() for _ in group]  # pylint: disable=protected-access
   for v in group:
     ckpt_lib.Checkpointer(os.path.join(v.workdir, "checkpoints"),
                           async_save=False).check_or_write_config(
@@ -505,7 +506,7 @@ def _select(run, v, state, done, select, writer):
     best.close()
     v.best = {"step": done, "metric": select, "value": val[select],
               "val": val}
-    loop._write_json(os.path.join(v.workdir, loop.BEST_FILE), v.best)  # pylint: disable=protected-access
+    fit_lib.write_json(os.path.join(v.workdir, loop.BEST_FILE), v.best)
 
 
 def _finish_variant(run, v, seconds):
@@ -517,7 +518,7 @@ def _finish_variant(run, v, seconds):
       "last_step_loss": v.last_loss, "seconds": seconds,
       "resumed_from": "scratch (vmapped sweep)"})
   results["sweep"] = {"variant": v.name, "values": dict(v.assign)}
-  loop._write_json(os.path.join(v.workdir, loop.RESULTS_FILE), results)  # pylint: disable=protected-access
+  fit_lib.write_json(os.path.join(v.workdir, loop.RESULTS_FILE), results)
   v.results = results
 
 
@@ -552,7 +553,7 @@ def _write_tables(config, sweep, variants, workdir, groups, wall, seconds):
          "train_seconds": seconds, "wall_seconds": wall,
          "loss_source": [dict(s) for s in variants[0].config.loss.source],
          "variants": rows}
-  loop._write_json(os.path.join(workdir, SWEEP_JSON), out)  # pylint: disable=protected-access
+  fit_lib.write_json(os.path.join(workdir, SWEEP_JSON), out)
   keys = list(sweep)
   head = (["rank (val)", "variant"] + keys + ["step", f"val {select}"] +
           [f"test {k}" for k in test_keys] + ["rank (test)"])

@@ -22,15 +22,13 @@ negatives]; a loss that takes `triplets` gets the rows (i, b + i, 2b + i)
 sees the 3b images as a plain batch (pairs over all of them).
 """
 
-import inspect
 from typing import Any, Callable, Dict, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
-import optax
 
-from medhash_jax.train.validation import ConfigError
+from medhash_jax.config.errors import ConfigError
 
 
 def _models():
@@ -48,87 +46,10 @@ def _report_fn():
   return metrics.retrieval_report
 
 
-def check_loss_kwargs(name: str, loss_fn: Callable, kwargs: Dict[str, Any]):
-  """config.loss.kwargs must be hyper-parameters of the loss."""
-  hyper = getattr(loss_fn, "hyperparameters", None)
-  if hyper is None:
-    return
-  unknown = sorted(set(kwargs) - set(hyper))
-  if unknown:
-    raise ConfigError(f"loss.kwargs {unknown} are not hyper-parameters of "
-                      f"loss {name!r}; valid: {sorted(hyper)}")
-
-
-def available_loss_inputs(config) -> set:
-  """The loss inputs a config's model and batches provide (known before any
-  data is read): codes, labels, features and label_mask always; logits with
-  a class head; MTH's code_logits with its class head; triplets with
-  triplet sampling."""
-  kwargs = config.model.kwargs
-  want_classes = (config.loss.classification_weight > 0 or
-                  bool(kwargs.get("class_head", False)))
-  out = {"codes", "labels", "features", "label_mask"}
-  if want_classes:
-    out.add("logits")
-    if config.model.name == "mth":
-      out.add("code_logits")
-  if config.data.get("sampling", "") == "triplet":
-    out.add("triplets")
-  return out
-
-
-def resolve_training_loss(config):
-  """(loss function, source records) of config.loss, checked before any data
-  is read: the spec resolves (a registered name, module:function or
-  file.py:function), loss.kwargs are its hyper-parameters, and the inputs it
-  requires are ones the model and batches produce."""
-  try:
-    loss_fn, sources = _losses().resolve_objective(config.loss)
-  except _losses().LossSpecError as e:
-    raise ConfigError(str(e)) from e
-  name = config.loss.name
-  check_loss_kwargs(name, loss_fn, config.loss.kwargs.to_dict()
-                    if hasattr(config.loss.kwargs, "to_dict")
-                    else dict(config.loss.kwargs))
-  missing = sorted(set(getattr(loss_fn, "required_inputs", ())) -
-                   available_loss_inputs(config))
-  if missing:
-    hints = {"logits": "set loss.classification_weight > 0 or "
-                       "model.kwargs.class_head=True",
-             "code_logits": "only model 'mth' with a class head has it",
-             "triplets": "set data.sampling='triplet'"}
-    raise ConfigError(
-        f"loss {name!r} requires inputs {missing} that model "
-        f"{config.model.name!r} with this config does not produce ("
-        + "; ".join(f"{m}: {hints.get(m, 'never produced')}" for m in missing)
-        + ")")
-  return loss_fn, sources
-
-
-# Model arguments the trainer sets itself (not allowed in model.kwargs).
-TRAINER_MODEL_ARGS = ("num_bits", "num_classes", "dtype")
-
-
-def check_model_kwargs(name: str, builder: Callable, kwargs: Dict[str, Any]):
-  """config.model.kwargs must be arguments of the registered builder."""
-  params = inspect.signature(builder).parameters
-  taken = sorted(set(kwargs) & set(TRAINER_MODEL_ARGS))
-  if taken:
-    raise ConfigError(f"model.kwargs {taken} are set by the trainer (use "
-                      "num_bits / model.dtype / loss.classification_weight)")
-  unknown = sorted(k for k in kwargs if k not in params and k != "class_head")
-  if unknown:
-    raise ConfigError(f"model.kwargs {unknown} are not arguments of model "
-                      f"{name!r}; valid: {sorted(p for p in params if p not in TRAINER_MODEL_ARGS)}")
-
-
 def classification_loss(logits, labels, label_mask, multi_label: bool):
   """Sigmoid BCE (multi-label, masked) or softmax CE (one label per image)."""
-  if multi_label:
-    per = optax.sigmoid_binary_cross_entropy(logits, labels) * label_mask
-    return jnp.sum(per) / jnp.maximum(jnp.sum(label_mask), 1.0)
-  return jnp.mean(optax.softmax_cross_entropy(logits, labels / jnp.maximum(
-      jnp.sum(labels, -1, keepdims=True), 1.0)))
+  return _losses().common.class_xent(logits, labels, label_mask,
+                                     multi_label=multi_label)
 
 
 class Task:
@@ -150,8 +71,6 @@ class Task:
                             if hasattr(config.loss.kwargs, "to_dict")
                             else config.loss.kwargs)
     self._loss_inputs = set(getattr(loss_fn, "inputs", ()))
-    if loss_fn is not None:
-      check_loss_kwargs(config.loss.name, loss_fn, self.loss_kwargs)
     beta = config.model.beta
     self.beta_fn = _models().beta_schedule(
         beta.schedule, init=beta.init, gamma=beta.gamma, power=beta.power,
@@ -280,12 +199,13 @@ def stack_triplet_views(batch: Dict[str, Any], input_keys) -> Dict[str, Any]:
 
 def build_task(config, *, num_classes: int, multi_label: bool,
                two_view: bool = False, for_training: bool = True) -> Task:
-  """Model + loss from the registries; unknown names fail with the list.
+  """Model + loss from the registries (the config passed `validate_config`,
+  which checks the names and kwargs); unknown names fail with the list.
 
   for_training=False (encoding, search, serving, re-evaluation) leaves the
   loss out: a run trained with a loss file needs no such file afterwards.
   """
-  models = _models()
+  models, losses = _models(), _losses()
   kwargs = dict(config.model.kwargs.to_dict()
                 if hasattr(config.model.kwargs, "to_dict") else
                 config.model.kwargs)
@@ -298,7 +218,12 @@ def build_task(config, *, num_classes: int, multi_label: bool,
         dtype=config.model.dtype, **kwargs)
   except (KeyError, ValueError, TypeError) as e:
     raise ConfigError(f"model {config.model.name!r}: {e}") from e
-  loss_fn = resolve_training_loss(config)[0] if for_training else None
+  loss_fn = None
+  if for_training:  # a registered name, module:function or file.py:function
+    try:
+      loss_fn = losses.resolve_objective(config.loss)[0]
+    except losses.LossSpecError as e:
+      raise ConfigError(str(e)) from e
   # Fills every backbone the model has (both ATH branches, for instance).
   converter = models.pretrained_converter(config.model.name)
   return Task(config, model=model, loss_fn=loss_fn, multi_label=multi_label,

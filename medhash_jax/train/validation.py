@@ -1,15 +1,28 @@
-"""Config checks that run before anything is built (fail fast, say why)."""
+"""Config checks that run before anything is built (fail fast, say why).
 
-from typing import Any, Mapping
+`validate_config` is the one place a config is checked, `model.kwargs` and
+`loss.kwargs` against the registered signatures included; what builds the
+model and loss (`task.build_task`) relies on it. This module does not import
+`train/task.py` (nor it this one): both take `ConfigError` from
+`medhash_jax/config/errors.py`.
+"""
+
+import inspect
+from typing import Any, Callable, Dict, Mapping
 
 import ml_collections
 
+from medhash_jax.config.errors import ConfigError
 from medhash_jax.train import defaults
 from medhash_jax.train import optim as optim_lib
 
+__all__ = ["ConfigError", "check_loss_kwargs", "check_model_kwargs",
+           "unknown_keys", "validate_config"]
 
-class ConfigError(ValueError):
-  """A config that cannot describe a valid run."""
+# Model arguments the trainer sets itself (not allowed in model.kwargs).
+TRAINER_MODEL_ARGS = ("num_bits", "num_classes", "dtype")
+# model.kwargs the trainer reads itself (a class head without a class loss).
+TRAINER_MODEL_KWARGS = ("class_head",)
 
 
 def _keys(d: Mapping[str, Any], prefix: str = ""):
@@ -31,13 +44,83 @@ def _positive_int(value, name):
     raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
+def check_loss_kwargs(name: str, loss_fn: Callable, kwargs: Dict[str, Any]):
+  """config.loss.kwargs must be hyper-parameters of the loss."""
+  hyper = getattr(loss_fn, "hyperparameters", None)
+  if hyper is None:
+    return
+  unknown = sorted(set(kwargs) - set(hyper))
+  if unknown:
+    raise ConfigError(f"loss.kwargs {unknown} are not hyper-parameters of "
+                      f"loss {name!r}; valid: {sorted(hyper)}")
+
+
+def check_model_kwargs(name: str, builder: Callable, kwargs: Dict[str, Any]):
+  """config.model.kwargs must be arguments of the registered builder."""
+  params = inspect.signature(builder).parameters
+  taken = sorted(set(kwargs) & set(TRAINER_MODEL_ARGS))
+  if taken:
+    raise ConfigError(f"model.kwargs {taken} are set by the trainer (use "
+                      "num_bits / model.dtype / loss.classification_weight)")
+  unknown = sorted(k for k in kwargs
+                   if k not in params and k not in TRAINER_MODEL_KWARGS)
+  if unknown:
+    valid = sorted(p for p in params if p not in TRAINER_MODEL_ARGS)
+    raise ConfigError(f"model.kwargs {unknown} are not arguments of model "
+                      f"{name!r}; valid: {valid}")
+
+
+def available_loss_inputs(config) -> set:
+  """The loss inputs a config's model and batches provide (known before any
+  data is read): codes, labels, features and label_mask always; logits with
+  a class head; MTH's code_logits with its class head; triplets with
+  triplet sampling."""
+  want_classes = (config.loss.classification_weight > 0 or
+                  bool(config.model.kwargs.get("class_head", False)))
+  out = {"codes", "labels", "features", "label_mask"}
+  if want_classes:
+    out.add("logits")
+    if config.model.name == "mth":
+      out.add("code_logits")
+  if config.data.get("sampling", "") == "triplet":
+    out.add("triplets")
+  return out
+
+
+def resolve_training_loss(config):
+  """(loss function, source records) of config.loss, checked before any data
+  is read: the spec resolves (a registered name, module:function or
+  file.py:function), loss.kwargs are its hyper-parameters, and the inputs it
+  requires are ones the model and batches produce."""
+  from medhash_jax import losses  # pylint: disable=g-import-not-at-top
+  try:
+    loss_fn, sources = losses.resolve_objective(config.loss)
+  except losses.LossSpecError as e:
+    raise ConfigError(str(e)) from e
+  name = config.loss.name
+  check_loss_kwargs(name, loss_fn, config.loss.kwargs.to_dict())
+  missing = sorted(set(getattr(loss_fn, "required_inputs", ())) -
+                   available_loss_inputs(config))
+  if missing:
+    hints = {"logits": "set loss.classification_weight > 0 or "
+                       "model.kwargs.class_head=True",
+             "code_logits": "only model 'mth' with a class head has it",
+             "triplets": "set data.sampling='triplet'"}
+    raise ConfigError(
+        f"loss {name!r} requires inputs {missing} that model "
+        f"{config.model.name!r} with this config does not produce ("
+        + "; ".join(f"{m}: {hints.get(m, 'never produced')}" for m in missing)
+        + ")")
+  return loss_fn, sources
+
+
 def validate_config(config, *, for_training: bool = True) -> None:
   """Raises ConfigError on unknown keys and impossible values.
 
   The batch/device check is in `mesh` (it needs the mesh). With
-  `for_training` the loss is resolved and checked, and its source (file and
-  sha256 for a loss outside the package) is written into config.loss.source;
-  inference leaves the loss alone (its file may be gone).
+  `for_training` the loss is resolved and checked and its source recorded
+  in config.loss.source; inference leaves the loss alone (its file may be
+  gone).
   """
   bad = unknown_keys(config)
   if bad:
@@ -91,11 +174,15 @@ def validate_config(config, *, for_training: bool = True) -> None:
     raise ConfigError(f"model.name {config.model.name!r} is a classifier "
                       "without a hash layer; use one of "
                       f"{sorted(n for n in models.MODELS if models.is_hash_model(n))}")
-  from medhash_jax.train import task as task_lib  # pylint: disable=g-import-not-at-top
-  task_lib.check_model_kwargs(config.model.name, models.MODELS[config.model.name],
-                              config.model.kwargs.to_dict())
+  from medhash_jax import losses  # pylint: disable=g-import-not-at-top
+  check_model_kwargs(config.model.name,
+                     models.model_spec(config.model.name).build,
+                     config.model.kwargs.to_dict())
+  del losses
   if for_training:
-    _, sources = task_lib.resolve_training_loss(config)
+    # The loss (maybe a user's file) is needed only to train; its source
+    # (path + sha256) goes into config.json and results.json.
+    _, sources = resolve_training_loss(config)
     config.loss.source = tuple(sources)
   names = data_lib.source_names()
   if config.data.name not in names:
