@@ -29,6 +29,12 @@ with only the inputs they declare.
 Names: dpsh, dhn, hashnet, dch, dsh, dfh, lcdsh, isdh (pairwise); dtsh, mth
 (triplet); csq, dpn (hash centres); sa_hash, ath (seed-system composites);
 quantization; softmax_ce, sigmoid_bce.
+
+Your own loss, without editing the package (resolve.py): `loss.name` may be
+`package.module:function` or `path/to/file.py:function` (loaded by path),
+or a name given with the `@register("name")` decorator; `loss.name="terms"`
+with `loss.terms=[{name, weight, kwargs}, ...]` sums weighted losses.
+`resolve_loss(spec)` -> (function with this convention, source record).
 """
 
 from medhash_jax.losses import centers
@@ -43,3 +49,7 @@ from medhash_jax.losses.common import similarity
 from medhash_jax.losses.registry import INPUTS
 from medhash_jax.losses.registry import LOSSES
 from medhash_jax.losses.registry import get_loss
+from medhash_jax.losses.resolve import LossSpecError
+from medhash_jax.losses.resolve import register
+from medhash_jax.losses.resolve import resolve_loss
+from medhash_jax.losses.resolve import resolve_objective

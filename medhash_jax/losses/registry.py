@@ -35,7 +35,8 @@ INPUTS = ("codes", "labels", "features", "logits", "triplets", "label_mask",
 LossFn = Callable[..., Tuple[Any, Dict[str, Any]]]
 
 
-def _uniform(fn: Callable, name: str) -> LossFn:
+def uniform(fn: Callable, name: str) -> LossFn:
+  """`fn` with the package's calling convention (module docstring)."""
   sig = inspect.signature(fn)
   takes = tuple(n for n in INPUTS if n in sig.parameters)
   required = tuple(n for n in takes
@@ -84,7 +85,7 @@ _FUNCTIONS = {
     "sigmoid_bce": classification.sigmoid_bce,
 }
 
-LOSSES: Dict[str, LossFn] = {n: _uniform(f, n) for n, f in _FUNCTIONS.items()}
+LOSSES: Dict[str, LossFn] = {n: uniform(f, n) for n, f in _FUNCTIONS.items()}
 
 
 def get_loss(name: str) -> LossFn:

@@ -168,7 +168,8 @@ class Retriever:
         normalize=str(pre["normalize"]), augment=None)
     self.task = task_lib.build_task(
         self.config, num_classes=int(rec["num_classes"]),
-        multi_label=bool(rec["multi_label"]), two_view=self.two_view)
+        multi_label=bool(rec["multi_label"]), two_view=self.two_view,
+        for_training=False)  # the loss (maybe a file) only trains
     self.variables = jax.tree.map(np.asarray, parts.variables)
     self._device_vars = jax.device_put(self.variables)
     self._encode = jax.jit(self.task.encode)

@@ -94,9 +94,14 @@ def default_config() -> ml_collections.ConfigDict:
       schedule="constant", init=1.0, gamma=0.005, power=0.5, every=1))
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.name = "dpsh"       # a losses registry name
+  c.loss.name = "dpsh"       # registered name | module:function | file.py:function
   c.loss.kwargs = ml_collections.ConfigDict()    # forwarded to the loss
   c.loss.classification_weight = 0.0  # + w * BCE/CE on the class head
+  # loss.name="terms": sum of {name, weight, kwargs} (losses/resolve.py).
+  c.loss.terms = ()
+  # Written by the trainer: where the loss came from (a file's path and
+  # sha256), so a run names the exact code that trained it.
+  c.loss.source = ()
 
   c.data = data_lib.default_data_config()
 

@@ -48,7 +48,7 @@ class Run:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: Optional[str],
                *, for_training: bool = True):
-    validation.validate_config(config)
+    validation.validate_config(config, for_training=for_training)
     self.config = config
     self.workdir = workdir
     self.mesh = mesh_lib.make_mesh(config.num_devices or None)
@@ -75,7 +75,8 @@ class Run:
         eval_batch_size=self.eval_batch_size)
     self.task = task_lib.build_task(config, num_classes=self.ds.num_classes,
                                     multi_label=self.ds.multi_label,
-                                    two_view=self.ds.two_view)
+                                    two_view=self.ds.two_view,
+                                    for_training=for_training)
     self.state, self.schedule = fit_lib.initial_state(
         self.task, self.ds, self.mesh, config.optim, config.train.num_steps,
         config.seed)

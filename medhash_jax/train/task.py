@@ -139,6 +139,9 @@ class Task:
     kwargs = {k: v for k, v in candidates.items()
               if v is not None and k in self._loss_inputs}
     kwargs.update(self.loss_kwargs)
+    if self.loss_fn is None:
+      raise ValueError("this task was built for inference (no loss); build "
+                       "it with for_training=True to train")
     res = self.loss_fn(**kwargs)
     if isinstance(res, tuple):
       hash_loss, terms = res
@@ -195,9 +198,13 @@ def stack_triplet_views(batch: Dict[str, Any], input_keys) -> Dict[str, Any]:
 
 
 def build_task(config, *, num_classes: int, multi_label: bool,
-               two_view: bool = False) -> Task:
+               two_view: bool = False, for_training: bool = True) -> Task:
   """Model + loss from the registries (the config passed `validate_config`,
-  which checks the names and kwargs); unknown names fail with the list."""
+  which checks the names and kwargs); unknown names fail with the list.
+
+  for_training=False (encoding, search, serving, re-evaluation) leaves the
+  loss out: a run trained with a loss file needs no such file afterwards.
+  """
   models, losses = _models(), _losses()
   kwargs = dict(config.model.kwargs.to_dict()
                 if hasattr(config.model.kwargs, "to_dict") else
@@ -211,10 +218,12 @@ def build_task(config, *, num_classes: int, multi_label: bool,
         dtype=config.model.dtype, **kwargs)
   except (KeyError, ValueError, TypeError) as e:
     raise ConfigError(f"model {config.model.name!r}: {e}") from e
-  try:
-    loss_fn = losses.get_loss(config.loss.name)
-  except (KeyError, ValueError) as e:
-    raise ConfigError(f"loss {config.loss.name!r}: {e}") from e
+  loss_fn = None
+  if for_training:  # a registered name, module:function or file.py:function
+    try:
+      loss_fn = losses.resolve_objective(config.loss)[0]
+    except losses.LossSpecError as e:
+      raise ConfigError(str(e)) from e
   # Fills every backbone the model has (both ATH branches, for instance).
   converter = models.pretrained_converter(config.model.name)
   return Task(config, model=model, loss_fn=loss_fn, multi_label=multi_label,

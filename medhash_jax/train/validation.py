@@ -70,10 +70,57 @@ def check_model_kwargs(name: str, builder: Callable, kwargs: Dict[str, Any]):
                       f"{name!r}; valid: {valid}")
 
 
-def validate_config(config) -> None:
+def available_loss_inputs(config) -> set:
+  """The loss inputs a config's model and batches provide (known before any
+  data is read): codes, labels, features and label_mask always; logits with
+  a class head; MTH's code_logits with its class head; triplets with
+  triplet sampling."""
+  want_classes = (config.loss.classification_weight > 0 or
+                  bool(config.model.kwargs.get("class_head", False)))
+  out = {"codes", "labels", "features", "label_mask"}
+  if want_classes:
+    out.add("logits")
+    if config.model.name == "mth":
+      out.add("code_logits")
+  if config.data.get("sampling", "") == "triplet":
+    out.add("triplets")
+  return out
+
+
+def resolve_training_loss(config):
+  """(loss function, source records) of config.loss, checked before any data
+  is read: the spec resolves (a registered name, module:function or
+  file.py:function), loss.kwargs are its hyper-parameters, and the inputs it
+  requires are ones the model and batches produce."""
+  from medhash_jax import losses  # pylint: disable=g-import-not-at-top
+  try:
+    loss_fn, sources = losses.resolve_objective(config.loss)
+  except losses.LossSpecError as e:
+    raise ConfigError(str(e)) from e
+  name = config.loss.name
+  check_loss_kwargs(name, loss_fn, config.loss.kwargs.to_dict())
+  missing = sorted(set(getattr(loss_fn, "required_inputs", ())) -
+                   available_loss_inputs(config))
+  if missing:
+    hints = {"logits": "set loss.classification_weight > 0 or "
+                       "model.kwargs.class_head=True",
+             "code_logits": "only model 'mth' with a class head has it",
+             "triplets": "set data.sampling='triplet'"}
+    raise ConfigError(
+        f"loss {name!r} requires inputs {missing} that model "
+        f"{config.model.name!r} with this config does not produce ("
+        + "; ".join(f"{m}: {hints.get(m, 'never produced')}" for m in missing)
+        + ")")
+  return loss_fn, sources
+
+
+def validate_config(config, *, for_training: bool = True) -> None:
   """Raises ConfigError on unknown keys and impossible values.
 
-  The batch/device check is in `mesh` (it needs the mesh).
+  The batch/device check is in `mesh` (it needs the mesh). With
+  `for_training` the loss is resolved and checked and its source recorded
+  in config.loss.source; inference leaves the loss alone (its file may be
+  gone).
   """
   bad = unknown_keys(config)
   if bad:
@@ -131,11 +178,12 @@ def validate_config(config) -> None:
   check_model_kwargs(config.model.name,
                      models.model_spec(config.model.name).build,
                      config.model.kwargs.to_dict())
-  if config.loss.name not in losses.LOSSES:
-    raise ConfigError(f"unknown loss.name {config.loss.name!r}; known: "
-                      f"{sorted(losses.LOSSES)}")
-  check_loss_kwargs(config.loss.name, losses.LOSSES[config.loss.name],
-                    config.loss.kwargs.to_dict())
+  del losses
+  if for_training:
+    # The loss (maybe a user's file) is needed only to train; its source
+    # (path + sha256) goes into config.json and results.json.
+    _, sources = resolve_training_loss(config)
+    config.loss.source = tuple(sources)
   names = data_lib.source_names()
   if config.data.name not in names:
     raise ConfigError(f"unknown data.name {config.data.name!r}; known: "
