@@ -266,12 +266,72 @@ def shallow_rows(methods: Sequence[str], bits: Sequence[int], feats, labels,
 # ---------------------------------------------------------------------------
 
 
-def _git_commit() -> str:
+# Paths whose changes do not change what a suite computes: the reports
+# themselves (regenerating one table must not block the next).
+_REPORT_PATHS = ("results/",)
+
+
+def git_state(repo: str = REPO_ROOT) -> Dict[str, Any]:
+  """The commit of `repo` and whether its tree is clean: `dirty` is None
+  where there is no git checkout (an installed package), else True when a
+  tracked file is modified or an untracked, not ignored file exists outside
+  results/ (`changes` lists up to 20 of them)."""
+  def git(*args):
+    return subprocess.run(["git", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout
   try:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "HEAD").strip()
+    status = git("status", "--porcelain", "--untracked-files=all")
   except (OSError, subprocess.CalledProcessError):
-    return "unknown"
+    return {"commit": "unknown", "dirty": None, "changes": []}
+  changes = [line[3:] for line in status.splitlines()
+             if line[3:] and not line[3:].strip('"').startswith(_REPORT_PATHS)]
+  return {"commit": commit, "dirty": bool(changes), "changes": changes[:20]}
+
+
+def check_clean(state: Dict[str, Any], allow_dirty: bool):
+  """Refuses a suite on a dirty tree (its numbers would belong to no commit)
+  unless `allow_dirty`; the state is recorded either way."""
+  if state["dirty"] and not allow_dirty:
+    raise RuntimeError(
+        f"the git tree at {REPO_ROOT} has uncommitted changes "
+        f"({', '.join(state['changes'])}): the results would belong to no "
+        f"commit. Commit them, or pass --allow_dirty (recorded as dirty in "
+        "runs.json and results.md)")
+
+
+def _tree_note(state: Dict[str, Any]) -> str:
+  if state["dirty"] is None:
+    return "no git checkout"
+  return ("DIRTY tree, allowed by --allow_dirty: " + ", ".join(state["changes"])
+          if state["dirty"] else "clean tree")
+
+
+def validation_curve(workdir: str, metric: str) -> Dict[str, Any]:
+  """The run's validation points of `metric` from its metrics.jsonl (the
+  last row of a step wins: a resumed run may write a step twice)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  points = {}
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        try:
+          row = json.loads(line)
+        except ValueError as e:
+          raise ValueError(f"{path} line {n} is not JSON ({e})") from e
+        if f"val/{metric}" in row:
+          points[int(row["step"])] = row[f"val/{metric}"]
+  steps = sorted(points)
+  return {"metric": metric, "steps": steps, "values": [points[s] for s in steps]}
+
+
+def run_record(cfg, workdir: str, results: Dict[str, Any]) -> Dict[str, Any]:
+  """What runs.json keeps of one deep run besides its row: the full config,
+  the validation curve of the selection metric and the selected step."""
+  select = results.get("selection", {})
+  return {"config": cfg.to_dict(),
+          "validation": {**validation_curve(workdir, cfg.eval.select_metric),
+                         "selected_step": select.get("step")}}
 
 
 def _machine() -> Dict[str, Any]:
@@ -289,8 +349,9 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
               bits: Optional[Sequence[int]] = None,
               seeds: Optional[Sequence[int]] = None,
               steps: Optional[int] = None, rerun: bool = False,
-              command: str = "") -> Dict[str, Any]:
-  """Runs (or reuses) every run of the suite and writes the reports."""
+              command: str = "", allow_dirty: bool = False) -> Dict[str, Any]:
+  """Runs (or reuses) every run of the suite and writes the reports; refuses
+  a dirty git tree unless `allow_dirty` (`check_clean`)."""
   from medhash_jax import metrics  # pylint: disable=g-import-not-at-top
   from medhash_jax import report  # pylint: disable=g-import-not-at-top
   from medhash_jax import systems  # pylint: disable=g-import-not-at-top
@@ -300,6 +361,8 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
   unknown = [m for m in methods if m not in ALL_DEEP]
   if unknown:
     raise ValueError(f"unknown methods {unknown}; known: {list(ALL_DEEP)}")
+  tree = git_state()
+  check_clean(tree, allow_dirty)
   pr_bits = suite.pr_bits if suite.pr_bits in bits else max(bits)
   os.makedirs(output, exist_ok=True)
   stage_root = os.path.join(workdir, "_ath_stages")
@@ -327,7 +390,7 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
           results = systems.train_and_evaluate(cfg, wd)
         row = deep_row(results, wd)
         runs.append({"method": method, "bits": k, "seed": seed, "workdir": wd,
-                     "row": row})
+                     "row": row, **run_record(cfg, wd, results)})
         attention = ath_attention(wd) if method == "ath" else None
         if attention is not None:
           runs[-1]["ath_attention"] = attention
@@ -391,7 +454,8 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
         rows.append(r)
   info = {
       "suite": suite.name, "description": suite.description,
-      "command": command, "commit": _git_commit(), "machine": _machine(),
+      "command": command, "commit": tree["commit"], "git": tree,
+      "machine": _machine(),
       "seeds": seeds, "bits": bits, "methods": methods,
       "shallow": list(suite.shallow), "shallow_features": feature_note,
       "steps_override": steps, "suite_seconds": time.perf_counter() - t_suite,
@@ -402,7 +466,8 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
       f"- suite definition: {suite.description}",
       f"- this run: methods {', '.join(methods)}; bits {list(bits)}; seeds "
       f"{list(seeds)}; steps {steps or 'as configured'}",
-      f"- command: `{command}`", f"- commit: `{info['commit']}`",
+      f"- command: `{command}`",
+      f"- commit: `{info['commit']}` ({_tree_note(tree)})",
       f"- machine: {info['machine']['device_kind']} x "
       f"{info['machine']['device_count']} ({info['machine']['platform']}), "
       f"{info['machine']['cpu_count']} CPUs ({info['machine']['cpu_model']}), "

@@ -227,6 +227,8 @@ def method_config(suite: Suite, method: str, bits: int, seed: int,
     c.train.num_steps = int(steps)
     if "ath" in c:
       c.ath.classifier.num_steps = int(steps)
+  c.train.eval_every_steps = validation_cadence(c.train.num_steps,
+                                                c.train.eval_every_steps)
   from configs import common  # pylint: disable=g-import-not-at-top
   if not c.data.root:
     c.data.root = common.staged_data_root()
@@ -242,6 +244,21 @@ def method_config(suite: Suite, method: str, bits: int, seed: int,
     c.loss.kwargs.multi_label = common.is_multi_label(c.data.name)
   c.lock()
   return c
+
+
+# Model selection needs several validation points: one point is no selection.
+MIN_VALIDATION_POINTS = 5
+
+
+def validation_cadence(num_steps: int, eval_every: int,
+                       min_points: int = MIN_VALIDATION_POINTS) -> int:
+  """The `train.eval_every_steps` of a suite run: the configured cadence when
+  it gives at least `min_points` validation points in `num_steps`, else
+  num_steps // min_points (every step when the run is shorter than that)."""
+  num_steps, eval_every = int(num_steps), int(eval_every)
+  if eval_every > 0 and num_steps // eval_every >= min_points:
+    return eval_every
+  return max(1, num_steps // min_points)
 
 
 def run_tag(method: str) -> str:

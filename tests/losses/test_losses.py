@@ -255,6 +255,38 @@ def np_sa_hash(u, y, z, m=None, lam1=0.01, lam2=1.0):
   return con + lam1 * np.mean(np.abs(np.abs(u) - 1)) + lam2 * np_ce(z, y)
 
 
+def np_dh(u, y, lam1=0.5, lam2=1.0):
+  b, k = u.shape
+  quant = sum((_sgn(u[i, j]) - u[i, j]) ** 2 for i in range(b)
+              for j in range(k)) / (2 * b * k)
+  var = 0.0
+  for j in range(k):
+    mu = sum(u[i, j] for i in range(b)) / b
+    var += sum((u[i, j] - mu) ** 2 for i in range(b)) / b
+  var /= k
+  ind = 0.0
+  for p in range(k):
+    for q in range(k):
+      c = sum(u[i, p] * u[i, q] for i in range(b)) / b
+      ind += (c - (1.0 if p == q else 0.0)) ** 2
+  return quant - lam1 * var + lam2 * ind / k ** 2
+
+
+def np_drh(u, y, m=None, lq=0.01, lb=0.01, lo=0.01):
+  b, k = u.shape
+  sim = np_dsh(u, y, m, alpha=0.0)
+  quant = np.mean([math.log(math.cosh(abs(u[i, j]) - 1)) for i in range(b)
+                   for j in range(k)])
+  bal = np.mean([np.mean(u[:, j]) ** 2 for j in range(k)])
+  ind = np_dh(u, y, lam1=0.0, lam2=1.0) - np_dh(u, y, lam1=0.0, lam2=0.0)
+  return sim + lq * quant + lb * bal + lo * ind
+
+
+def np_fang_ath(u, y, z, m=5.0, lam=1.0, mu=1.0, multi_label=False):
+  ce = np_bce(z, y) if multi_label else np_ce(z, y)
+  return np_dtsh(u, y, m, lam) + mu * ce
+
+
 # -- tests --------------------------------------------------------------------
 
 
@@ -268,6 +300,9 @@ REFERENCES = {
     "lcdsh": lambda u, y, f, z: np_lcdsh(u, y),
     "isdh": lambda u, y, f, z: np_isdh(u, y),
     "dtsh": lambda u, y, f, z: np_dtsh(u, y),
+    "dh": lambda u, y, f, z: np_dh(u, y),
+    "drh": lambda u, y, f, z: np_drh(u, y),
+    "fang_ath": lambda u, y, f, z: np_fang_ath(u, y, z),
     "mth": lambda u, y, f, z: np_mth(u, y, f, z),
     "csq": lambda u, y, f, z: np_csq(u, y),
     "dpn": lambda u, y, f, z: np_dpn(u, y),
