@@ -31,7 +31,8 @@ CONFIGS = {
             "no_attention,smoke", "cbam,smoke"),
     "mth": ("", "smoke"), "sa_hash": ("", "smoke"),
     **{m: ("", "smoke") for m in ("dsh", "dch", "dfh", "dpn", "isdh", "dtsh",
-                                  "lcdsh", "csq", "dpsh", "hashnet")},
+                                  "lcdsh", "csq", "dpsh", "hashnet", "dh",
+                                  "drh", "fang_ath")},
 }
 
 
@@ -416,7 +417,8 @@ def test_ath_configs_paper_settings_and_ablations():
 
 
 SMOKE_RUNS = [(m, "smoke") for m in ("hashnet", "dsh", "dch", "dfh", "dpn",
-                                      "isdh", "dtsh", "lcdsh", "csq", "mth",
+                                      "isdh", "dtsh", "lcdsh", "csq", "dh", "drh",
+                                      "fang_ath", "mth",
                                       "sa_hash")] + [
     ("ath", f"{a},smoke") for a in ("no_attention", "se", "cbam")]
 

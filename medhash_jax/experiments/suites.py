@@ -20,9 +20,12 @@ DISPLAY = {
     "ath": "ATH-GradCAM", "ath:no_attention": "ATH -A", "ath:se": "ATH -A+SE",
     "ath:cbam": "ATH -A+CBAM", "lsh": "LSH", "pcah": "PCAH", "itq": "ITQ",
     "ssh": "SSH",
+    # The papers' other baselines. FangATH is Fang et al. 2021's
+    # attention-based triplet hashing, not the seed ATH-GradCAM.
+    "dh": "DH", "drh": "DRH", "fang_ath": "FangATH (Fang et al. 2021)",
 }
 BASELINES = ("dpsh", "hashnet", "dsh", "dch", "dfh", "dpn", "isdh", "dtsh",
-             "lcdsh", "csq")
+             "lcdsh", "csq", "dh", "drh", "fang_ath")
 SYSTEMS = ("mth", "sa_hash", "ath")
 ABLATIONS = ("ath:no_attention", "ath:se", "ath:cbam")
 SHALLOW = ("lsh", "pcah", "itq", "ssh")
