@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs import dpsh as dpsh_config
 from medhash_jax import train
 from medhash_jax.train import loop
+from tests.test_train_loop import smoke
 
 # Val metric at steps 2, 4, 6, 8, 10: the maximum 0.5 first at step 4, tied at
 # step 8, and the last step is not the best.
@@ -25,16 +25,9 @@ WANT_STEP = 4
 
 
 def _config(data_dir):
-  c = dpsh_config.get_config("smoke")
-  with c.unlocked():
-    c.data.root = data_dir
-    c.train.num_steps = 10
-    c.train.eval_every_steps = 2
-    c.train.checkpoint_every_steps = 10
-    c.train.log_every_steps = 5
-    c.train.log_every_seconds = 0
-    c.train.checkpoint_every_minutes = 0
-  return c
+  return smoke(data_dir, **{"train.num_steps": 10, "train.eval_every_steps": 2,
+                            "train.checkpoint_every_steps": 10,
+                            "train.log_every_steps": 5})
 
 
 def test_selection_keeps_the_first_argmax_of_the_val_metric(
