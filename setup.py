@@ -5,6 +5,7 @@ is available the package still installs; `medhash_jax.retrieval` then logs a
 warning and falls back to the reference path.
 """
 
+import glob
 import logging
 import os
 import sys
@@ -41,9 +42,13 @@ class OptionalBuildExt(build_ext):
       print(f"WARNING: medhash_jax C++ kernel not built: {e}", file=sys.stderr)
 
 
+# One library from every file in csrc/ (see csrc/hamming.h for the files). No
+# -m or -march flags: each ISA's kernels select their target in their own
+# file (#pragma GCC target) and the library dispatches on the CPU at run time.
 hamming_ext = setuptools.Extension(
     "medhash_jax.retrieval._hamming_cpu",
-    sources=["medhash_jax/retrieval/csrc/hamming_topk.cc"],
+    sources=sorted(glob.glob("medhash_jax/retrieval/csrc/*.cc")),
+    depends=sorted(glob.glob("medhash_jax/retrieval/csrc/*.h")),
     language="c++",
     extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden"],
     extra_link_args=["-lpthread"],
@@ -75,6 +80,13 @@ setuptools.setup(
         "scikit-image",
         "absl-py",
         "ml-collections",
+        # Imported directly (not only through scikit-image): images, masks,
+        # PR curves (matplotlib's Agg canvas) and TensorBoard event files
+        # without TensorFlow (tensorboardX).
+        "Pillow",
+        "scipy",
+        "matplotlib",
+        "tensorboardX",
     ],
     extras_require={
         "test": ["pytest", "chex", "faiss-cpu", "scikit-learn",

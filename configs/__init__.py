@@ -1,1 +1,2 @@
-"""Run configs: `get_config(arg=None)` per method; `base.py` holds the shared part."""
+"""Run configs: `get_config(arg=None)` per method. What they share is in the
+package (medhash_jax/config/base.py), so each file imports only medhash_jax."""

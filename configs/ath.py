@@ -45,28 +45,20 @@ random weights unless `init_from` is given (the converter in
 medhash_jax/models/convert.py fills both branches from one torchvision file).
 """
 
-import os
-import sys
+import ml_collections
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # config_flags loads this file by path
-  sys.path.insert(0, _ROOT)
-
-import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from configs import base  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-from medhash_jax.systems import ath as ath_system  # pylint: disable=g-import-not-at-top,wrong-import-position
+from medhash_jax.config import base
+from medhash_jax.systems import ath as ath_system
 
 ABLATIONS = {"no_attention": None, "se": "se", "cbam": "cbam"}
 
 
 def get_config(arg=None):
-  smoke, rest = common.parse_arg(arg, tuple(ABLATIONS))
+  smoke, rest = base.parse_arg(arg, tuple(ABLATIONS))
   if len(rest) > 1:
     raise ValueError(f"pick one ablation of {sorted(ABLATIONS)}, got {rest}")
   ablation = rest[0] if rest else None
-  c = common.base_config(smoke)
+  c = base.base_config(smoke)
   c.method = "ath" if ablation is None else f"ath-{ablation}"
   c.num_bits = 48
   # The ATH loss holds its own BCE term (classification_weight inside).
@@ -110,7 +102,7 @@ def get_config(arg=None):
   # to be re-picked on validation from (0.1, 10/K, 0.5).
   c.loss.kwargs = ml_collections.ConfigDict(dict(
       alpha=0.1, reduction="sum",
-      multi_label=common.is_multi_label(c.data.name)))
+      multi_label=base.is_multi_label(c.data.name)))
   c.eval.ks = tuple(c.eval.ks) + (None,)   # nDCG@ALL as the paper reports
   if ablation is None:
     c.ath = ath_system.default_section()
@@ -122,7 +114,8 @@ def get_config(arg=None):
 
 
 def _smoke(c, ablation):
-  """base.py's smoke data (BreastMNIST 28 px) with tiny ResNet-18 branches."""
+  """The shared smoke data (BreastMNIST 28 px, medhash_jax/config/base.py)
+  with tiny ResNet-18 branches."""
   if ablation is None:
     c.model.kwargs.backbone = "resnet18"
   else:

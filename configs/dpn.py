@@ -2,16 +2,15 @@
 
   python -m medhash_jax.main --config=configs/dpn.py[:smoke] --workdir=DIR
 
-Same backbone and data as every baseline (configs/base.py); the loss's
-hyper-parameters are its defaults (medhash_jax/losses). Two settings differ,
-both because of the same failure: with the shared tanh hash layer and SGD at
-lr 0.01 (hash layer 10x) the codes collapsed to one code on BreastMNIST
-(48 bits, 200 steps: tie-aware mAP@all 0.611 = chance; the gradient norm
-fell from 0.78 at step 10 to below 0.01 by step 40). The hinge is averaged
-over bits, so each output gets a gradient ~1/(B K); Adam does not depend on
-that scale.
-A linear hash layer is where the hinge can be met (|u| >= 1 on the target
-side), as in the paper; with tanh it never is.
+Same backbone and data as every baseline (medhash_jax/config/base.py); the
+loss's hyper-parameters are its defaults (medhash_jax/losses). Two settings
+differ, both because of the same failure: with the shared tanh hash layer and
+SGD at lr 0.01 (hash layer 10x) the codes collapsed to one code on BreastMNIST
+(48 bits, 200 steps: tie-aware mAP@all 0.611 = chance; the gradient norm fell
+from 0.78 at step 10 to below 0.01 by step 40). The hinge is averaged over
+bits, so each output gets a gradient ~1/(B K); Adam does not depend on that
+scale. A linear hash layer is where the hinge can be met (|u| >= 1 on the
+target side), as in the paper; with tanh it never is.
 
 Picked on BreastMNIST val (tie-aware mAP@100, 48 bits, seed 0, chance
 0.623): SGD lr 0.01 tanh 0.623, SGD 0.003 tanh 0.623, SGD 0.01 linear
@@ -19,16 +18,9 @@ Picked on BreastMNIST val (tie-aware mAP@100, 48 bits, seed 0, chance
 Adam 1e-3 linear 0.778 (this config).
 """
 
-import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # config_flags loads this file by path
-  sys.path.insert(0, _ROOT)
-
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from medhash_jax.config import base
 
 
 def get_config(arg=None):
-  return common.pairwise_baseline("dpn", arg, optimizer="adam", learning_rate=1e-3,
-                                  hash_activation="identity")
+  return base.pairwise_baseline("dpn", arg, optimizer="adam",
+                                learning_rate=1e-3, hash_activation="identity")

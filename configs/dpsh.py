@@ -3,18 +3,12 @@
   python -m medhash_jax.main --config=configs/dpsh.py[:smoke] --workdir=DIR
 """
 
-import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # config_flags loads this file by path
-  sys.path.insert(0, _ROOT)
-
-from configs import base  # pylint: disable=g-import-not-at-top,wrong-import-position
+from medhash_jax.config import base
 
 
 def get_config(arg=None):
-  c = base.get_config(arg)
+  smoke, _ = base.parse_arg(arg)
+  c = base.base_config(smoke)
   c.method = "dpsh"
   c.loss.name = "dpsh"
   return base.finalize(c)

@@ -2,23 +2,16 @@
 
   python -m medhash_jax.main --config=configs/drh.py[:smoke] --workdir=DIR
 
-The residual network is the shared ResNet backbone (configs/base.py:
+The residual network is the shared ResNet backbone (medhash_jax/config/base.py:
 ResNet-50, ResNet-18 in :smoke). The pairwise term is DSH's contrastive
 form, so this config takes DSH's two settings for the same reason
 (configs/dsh.py: codes collapse with tanh and lr 0.01): a linear hash layer
 and lr 0.003.
 """
 
-import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # config_flags loads this file by path
-  sys.path.insert(0, _ROOT)
-
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from medhash_jax.config import base
 
 
 def get_config(arg=None):
-  return common.pairwise_baseline("drh", arg, learning_rate=0.003,
-                                  hash_activation="identity")
+  return base.pairwise_baseline("drh", arg, learning_rate=0.003,
+                                hash_activation="identity")

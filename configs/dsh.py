@@ -2,10 +2,11 @@
 
   python -m medhash_jax.main --config=configs/dsh.py[:smoke] --workdir=DIR
 
-Same backbone and data as every baseline (configs/base.py); the loss's
-hyper-parameters are its defaults (medhash_jax/losses). Two settings differ
-from the other baselines, both because of the same failure (codes collapsing
-to one code within 20 steps on BreastMNIST: tie-aware mAP@10 = chance):
+Same backbone and data as every baseline (medhash_jax/config/base.py); the
+loss's hyper-parameters are its defaults (medhash_jax/losses). Two settings
+differ from the other baselines, both because of the same failure (codes
+collapsing to one code within 20 steps on BreastMNIST: tie-aware mAP@10 =
+chance):
 
 * the hash layer is linear (hash_activation="identity"), as in the DSH paper,
   which regularises real-valued outputs towards +-1 instead of squashing them:
@@ -27,16 +28,9 @@ results/breastmnist_dsh_balanced*/). It is not the default because it is
 not DSH as published.
 """
 
-import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # config_flags loads this file by path
-  sys.path.insert(0, _ROOT)
-
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from medhash_jax.config import base
 
 
 def get_config(arg=None):
-  return common.pairwise_baseline("dsh", arg, learning_rate=0.003,
-                                  hash_activation="identity")
+  return base.pairwise_baseline("dsh", arg, learning_rate=0.003,
+                                hash_activation="identity")

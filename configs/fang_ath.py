@@ -2,7 +2,7 @@
 
   python -m medhash_jax.main --config=configs/fang_ath.py[:smoke] --workdir=DIR
 
-The shared ResNet backbone (configs/base.py) with the spatial-attention
+The shared ResNet backbone (medhash_jax/config/base.py) with the spatial-attention
 module on its last feature map (models.attention "spatial": channel
 max-pool, element-wise max and mean along the channel axis) and a class head;
 loss losses.triplet.fang_ath = triplet likelihood + quantisation + class
@@ -11,25 +11,18 @@ a random batch, as configs/dtsh.py (data.sampling="triplet" feeds sampled
 anchor/positive/negative images instead, at 3x the images per step).
 """
 
-import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+import ml_collections
 
-import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # config_flags loads this file by path
-  sys.path.insert(0, _ROOT)
-
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from medhash_jax.config import base
 
 
 def get_config(arg=None):
-  smoke, _ = common.parse_arg(arg)
-  c = common.base_config(smoke)
+  smoke, _ = base.parse_arg(arg)
+  c = base.base_config(smoke)
   c.method = "fang_ath"
   c.loss.name = "fang_ath"
   c.loss.kwargs = ml_collections.ConfigDict(dict(multi_label=False))
   c.loss.classification_weight = 0.0   # the CE term is inside the loss
   c.model.kwargs.attention = "spatial"
   c.model.kwargs.class_head = True
-  return common.base.finalize(c)
+  return base.finalize(c)

@@ -7,18 +7,12 @@ follows beta = (1 + 0.005 t) ** 0.5, raised every 200 steps in the paper.
   python -m medhash_jax.main --config=configs/hashnet.py[:smoke] --workdir=DIR
 """
 
-import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # config_flags loads this file by path
-  sys.path.insert(0, _ROOT)
-
-from configs import base  # pylint: disable=g-import-not-at-top,wrong-import-position
+from medhash_jax.config import base
 
 
 def get_config(arg=None):
-  c = base.get_config(arg)
+  smoke, _ = base.parse_arg(arg)
+  c = base.base_config(smoke)
   c.method = "hashnet"
   c.loss.name = "hashnet"
   c.model.beta.schedule = "hashnet"
@@ -26,7 +20,7 @@ def get_config(arg=None):
   c.model.beta.gamma = 0.005
   c.model.beta.power = 0.5
   c.model.beta.every = 200
-  if arg == "smoke":
+  if smoke:
     c.model.beta.every = 10   # a visible continuation within 40 steps
     c.model.beta.gamma = 0.05
   return base.finalize(c)

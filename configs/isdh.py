@@ -2,13 +2,13 @@
 
   python -m medhash_jax.main --config=configs/isdh.py[:smoke] --workdir=DIR
 
-Same backbone and data as every baseline (configs/base.py); the loss's
-hyper-parameters are its defaults (medhash_jax/losses). The optimiser
+Same backbone and data as every baseline (medhash_jax/config/base.py); the
+loss's hyper-parameters are its defaults (medhash_jax/losses). The optimiser
 differs: with the shared SGD at lr 0.01 (hash layer 10x) the likelihood,
-weighted 10x on hard pairs (every pair of single-label data) and starting
-near 90, drove the codes to one code on BreastMNIST within 20 steps (48
-bits, 200 steps: tie-aware mAP@all 0.611 = chance). Adam does not depend
-on the loss's scale.
+weighted 10x on hard pairs (every pair of single-label data) and starting near
+90, drove the codes to one code on BreastMNIST within 20 steps (48 bits, 200
+steps: tie-aware mAP@all 0.611 = chance). Adam does not depend on the loss's
+scale.
 
 Picked on BreastMNIST val (tie-aware mAP@100, 48 bits, seed 0, chance
 0.623): SGD lr 0.01 tanh 0.623, SGD 0.003 tanh 0.633, SGD 0.003 linear
@@ -16,16 +16,9 @@ Picked on BreastMNIST val (tie-aware mAP@100, 48 bits, seed 0, chance
 Adam 1e-3 linear 0.727, Adam 1e-3 tanh 0.811 (this config).
 """
 
-import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # config_flags loads this file by path
-  sys.path.insert(0, _ROOT)
-
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from medhash_jax.config import base
 
 
 def get_config(arg=None):
-  return common.pairwise_baseline("isdh", arg, optimizer="adam",
-                                  learning_rate=1e-3)
+  return base.pairwise_baseline("isdh", arg, optimizer="adam",
+                                learning_rate=1e-3)

@@ -2,10 +2,10 @@
 
   python -m medhash_jax.main --config=configs/lcdsh.py[:smoke] --workdir=DIR
 
-Same backbone and data as every baseline (configs/base.py); the loss's
-hyper-parameters are its defaults (medhash_jax/losses). Two settings differ,
-both because with the shared tanh hash layer and SGD at lr 0.01 (hash layer
-10x) the model ended at chance on BreastMNIST (48 bits, 200 steps:
+Same backbone and data as every baseline (medhash_jax/config/base.py); the
+loss's hyper-parameters are its defaults (medhash_jax/losses). Two settings
+differ, both because with the shared tanh hash layer and SGD at lr 0.01 (hash
+layer 10x) the model ended at chance on BreastMNIST (48 bits, 200 steps:
 tie-aware mAP@all 0.608, chance 0.611), as DSH, DPN and ISDH did.
 
 Picked on BreastMNIST val (tie-aware mAP@100, 48 bits, seed 0, chance
@@ -13,16 +13,9 @@ Picked on BreastMNIST val (tie-aware mAP@100, 48 bits, seed 0, chance
 (this config; the SGD settings of DPN and ISDH were not rerun here).
 """
 
-import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # config_flags loads this file by path
-  sys.path.insert(0, _ROOT)
-
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from medhash_jax.config import base
 
 
 def get_config(arg=None):
-  return common.pairwise_baseline("lcdsh", arg, optimizer="adam",
-                                  learning_rate=1e-3, hash_activation="identity")
+  return base.pairwise_baseline("lcdsh", arg, optimizer="adam",
+                                learning_rate=1e-3, hash_activation="identity")

@@ -43,22 +43,14 @@ MTHNet has no stem and starts from random weights (as in the paper); any
 init_from is an orbax checkpoint of this library.
 """
 
-import os
-import sys
+import ml_collections
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # config_flags loads this file by path
-  sys.path.insert(0, _ROOT)
-
-import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from configs import base  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from medhash_jax.config import base
 
 
 def get_config(arg=None):
-  smoke, _ = common.parse_arg(arg)
-  c = common.base_config(smoke)
+  smoke, _ = base.parse_arg(arg)
+  c = base.base_config(smoke)
   c.method = "mth"
   c.model.name = "mth"
   c.model.kwargs = ml_collections.ConfigDict(dict(
@@ -84,5 +76,5 @@ def get_config(arg=None):
   # b sampled triplets (3b images), not every valid triplet of a random batch.
   c.data.sampling = "triplet"
   c.loss.kwargs = ml_collections.ConfigDict(dict(
-      multi_label=common.is_multi_label(c.data.name), semantic="projection"))
+      multi_label=base.is_multi_label(c.data.name), semantic="projection"))
   return base.finalize(c)

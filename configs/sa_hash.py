@@ -14,40 +14,32 @@ same fix and the same lr 0.003). Loss (losses.composite.sa_hash): contrastive (m
 quantisation regulariser + cross-entropy.
 
 The paper's data (ChestX-ray8, CheXpert) is not staged; the default is the
-staged chest X-ray set, COVID-19 Radiography, seed split 1:3:3 at 224 px.
-The optimiser is base.py's (SGD momentum 0.9, cosine, hash layer 10x, weight
-decay 5e-4) at lr 0.003 instead of 0.01 (the contrastive loss collapses at
-0.01); the paper's own values are not reproduced here. The OCR of the
-paper still shows lr 0.001; that value is to be tried on validation
-(issue #21, not yet run).
+staged chest X-ray set, COVID-19 Radiography, seed split 1:3:3 at 224 px. The
+optimiser is the shared base's (SGD momentum 0.9, cosine, hash layer 10x,
+weight decay 5e-4) at lr 0.003 instead of 0.01 (the contrastive loss collapses
+at 0.01); the paper's own values are not reproduced here. The OCR of the paper
+still shows lr 0.001; that value is to be tried on validation (issue #21, not
+yet run).
 
 As in the paper's code: weight decay on every parameter, biases and
 BatchNorm included (optim.decay_bias_and_norm=True). Chosen here: no
 horizontal flip (data.augment.hflip=False) on the paper-scale chest X-ray
 data, since the heart is on one side; the smoke variant (BreastMNIST) keeps
-base.py's flip.
+the shared base's flip.
 
 Pretrained initialisation: the paper fine-tunes an ImageNet ResNet-50; here
 it starts from random weights unless `init_from` is given
 (--config.init_from=resnet50.pth, converted by medhash_jax/models/convert.py).
 """
 
-import os
-import sys
+import ml_collections
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # config_flags loads this file by path
-  sys.path.insert(0, _ROOT)
-
-import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from configs import base  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from medhash_jax.config import base
 
 
 def get_config(arg=None):
-  smoke, _ = common.parse_arg(arg)
-  c = common.base_config(smoke)
+  smoke, _ = base.parse_arg(arg)
+  c = base.base_config(smoke)
   c.method = "sa_hash"
   c.model.name = "sa_hash"
   c.loss.name = "sa_hash"
@@ -71,5 +63,5 @@ def get_config(arg=None):
   c.optim.decay_bias_and_norm = True
   c.optim.learning_rate = 0.003
   c.loss.kwargs = ml_collections.ConfigDict(dict(
-      multi_label=common.is_multi_label(c.data.name)))
+      multi_label=base.is_multi_label(c.data.name)))
   return base.finalize(c)

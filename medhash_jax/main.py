@@ -23,7 +23,6 @@ Kept tiny on purpose: flags are parsed here, the work is done in
 """
 
 import json
-import logging
 
 from absl import app
 from absl import flags
@@ -44,7 +43,8 @@ flags.DEFINE_enum("mode", "train",
                   "portable bundle (--output=DIR).")
 flags.DEFINE_multi_string("set", [], "evaluate/encode/search: key=value on "
                           "the run's saved config (operational or training "
-                          "keys only), e.g. --set=data.root=/new/place.")
+                          "keys only; typed as --config.key=value types it), "
+                          "e.g. --set=data.root=/new/place.")
 flags.DEFINE_bool("skip_bad", False, "encode/search: skip unreadable --input "
                   "files (listed in the output and the log) instead of "
                   "failing on the first.")
@@ -97,17 +97,11 @@ def _summary(results):
       "results": f"{FLAGS.workdir}/results.json"}, indent=1, default=str)
 
 
-class _QuietLibraries(logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the run log (warnings stay)."""
-
-  def filter(self, record):
-    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+  from medhash_jax.train import writers  # pylint: disable=g-import-not-at-top
+  writers.quiet_library_logs()  # orbax's per-save INFO lines
   # Before anything touches a JAX backend.
   from medhash_jax import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize(
@@ -121,16 +115,17 @@ def main(argv):
   if not main_process and not FLAGS.log_all_processes:
     absl_logging.set_verbosity(absl_logging.WARNING)
   from medhash_jax import systems  # pylint: disable=g-import-not-at-top
-  from medhash_jax.experiments.suites import parse_setting  # pylint: disable=g-import-not-at-top
+  from medhash_jax.config.overrides import split_setting  # pylint: disable=g-import-not-at-top
   from medhash_jax.train import inference  # pylint: disable=g-import-not-at-top
   config, workdir = FLAGS.config, FLAGS.workdir
-  settings = [parse_setting(t) for t in FLAGS.set]
+  settings = [split_setting(t) for t in FLAGS.set]
   out = print if main_process else (lambda *a: None)
   if FLAGS.mode == "train":
     if config is None:
       raise app.UsageError("--mode=train needs --config")
     # Multi-stage systems (ATH) run all their stages; the rest go to train/.
-    out(_summary(systems.train_and_evaluate(config, workdir)))
+    out(_summary(systems.system_of(config).train_and_evaluate(config,
+                                                              workdir)))
   elif FLAGS.mode == "evaluate":
     out(_summary(inference.evaluate(workdir, config, settings)))
   elif FLAGS.mode == "encode":

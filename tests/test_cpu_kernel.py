@@ -239,7 +239,7 @@ def test_failed_build_is_reported_not_raised(monkeypatch, tmp_path, caplog):
 
 def spec_layout(rows: np.ndarray) -> np.ndarray:
   """The kernel layout written byte by byte from its specification
-  (csrc/hamming_topk.cc, DbLayout): independent of layout.py's reshapes."""
+  (csrc/hamming.h, DbLayout): independent of layout.py's reshapes."""
   n, b = rows.shape
   f, t = divmod(b, 4)
   blocks = -(-n // 16)

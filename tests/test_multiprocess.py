@@ -7,6 +7,10 @@
   * SIGTERM to a real run (1 process; and to one of 2 processes): it stops at
     one agreed step with a checkpoint and exit status 75, and the restart
     continues on the uninterrupted run's loss curve;
+  * ATH stage 1 (the classifier, trained by the same `fit` loop) on 2
+    processes x 1 device equals 1 process x 2 devices: losses, params and
+    val accuracy; SIGTERM mid-run stops it resumably and the restart ends
+    where the uninterrupted run did;
   * sharded search over a database split unevenly across 2 processes x 2
     devices equals brute force, ties across shard and process borders included;
     every socket the processes listen on is on the loopback interface.
@@ -31,6 +35,7 @@ from medhash_jax import distributed
 from medhash_jax import retrieval
 from medhash_jax.retrieval import sharded
 from medhash_jax.train import checkpoint as ckpt_lib
+from tests import mp_classifier_worker
 from tests import mp_search_worker
 from tests.test_retrieval import np_topk
 
@@ -73,6 +78,17 @@ def _launch(cmd, n, log_dir, env, devices=1, timeout=TIMEOUT_S):
   return result
 
 
+def _run_one_process(cmd, log_path, env):
+  """The reference: one process x 2 CPU devices."""
+  ref_env = dict(env, JAX_PLATFORMS="cpu",
+                 XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  with open(log_path, "w", encoding="utf-8") as log:
+    proc = subprocess.run(cmd, cwd=ROOT, env=ref_env, stdout=log,
+                          stderr=subprocess.STDOUT, timeout=TIMEOUT_S,
+                          check=False)
+  assert proc.returncode == 0, log_path.read_text()[-3000:]
+
+
 def _losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f]
@@ -94,26 +110,28 @@ def runs(data_dir, tmp_path_factory):
   base = tmp_path_factory.mktemp("mp")
   env = _env(str(base / "xla_cache"))
   one = str(base / "one_process")
-  ref_env = dict(env, JAX_PLATFORMS="cpu",
-                 XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  with open(base / "one_process.log", "w", encoding="utf-8") as log:
-    proc = subprocess.run(_train_cmd(data_dir, one), cwd=ROOT, env=ref_env,
-                          stdout=log, stderr=subprocess.STDOUT,
-                          timeout=TIMEOUT_S, check=False)
-  assert proc.returncode == 0, (base / "one_process.log").read_text()[-3000:]
+  _run_one_process(_train_cmd(data_dir, one), base / "one_process.log", env)
   two = str(base / "two_processes")
   result = _launch(_train_cmd(data_dir, two), 2, str(base / "logs_two"), env)
   return {"one": one, "two": two, "env": env, "base": base, "result": result}
 
 
+def _assert_same_training(one, two, steps):
+  """The same loss curve (metrics.jsonl) and final params (checkpoint)."""
+  la, lb = _losses(one), _losses(two)
+  assert la.shape == lb.shape == (steps,)
+  np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-6)
+  _assert_params_close(_params(one, steps), _params(two, steps))
+
+
+def _assert_params_close(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
+                                                       atol=1e-5), a, b)
+
+
 def test_two_processes_equal_one(runs):
   one, two = runs["one"], runs["two"]
-  la, lb = _losses(one), _losses(two)
-  assert la.shape == lb.shape == (STEPS,)
-  np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-6)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
-                                                       atol=1e-5),
-               _params(one), _params(two))
+  _assert_same_training(one, two, STEPS)
   ia = retrieval.HammingIndex.load(os.path.join(one, "index.mhi"))
   ib = retrieval.HammingIndex.load(os.path.join(two, "index.mhi"))
   np.testing.assert_array_equal(ia.packed, ib.packed)
@@ -308,6 +326,71 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(runs,
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
                                                        atol=1e-5),
                _params(runs["two"]), _params(workdir))
+
+
+CLS_STEPS = 4
+_WORKER = os.path.join(ROOT, "tests", "mp_classifier_worker.py")
+
+
+@pytest.fixture(scope="module")
+def classifier_runs(data_dir, tmp_path_factory):
+  """ATH stage 1: (1 process x 2 devices, 2 processes x 1 device) stage dirs."""
+  base = tmp_path_factory.mktemp("mp_classifier")
+  env = _env(str(base / "xla_cache"))
+  one, two = str(base / "one_process"), str(base / "two_processes")
+  cmd = lambda d: [sys.executable, _WORKER, d, data_dir, str(CLS_STEPS)]
+  _run_one_process(cmd(one), base / "one_process.log", env)
+  _launch(cmd(two), 2, str(base / "logs_two"), env)
+  return {"one": os.path.join(one, "classifier"),
+          "two": os.path.join(two, "classifier")}
+
+
+def _classifier_record(stage):
+  with open(os.path.join(stage, "classifier.json"), encoding="utf-8") as f:
+    return json.load(f)
+
+
+def test_ath_classifier_two_processes_equal_one(classifier_runs):
+  """Catches: stage-1 evaluation that puts a process's rows at global
+  positions (its accuracy differs or it fails), a loop that feeds each
+  process the wrong half of the batch (params differ), and a classifier
+  trained outside the writer (no metrics.jsonl)."""
+  one, two = classifier_runs["one"], classifier_runs["two"]
+  _assert_same_training(one, two, CLS_STEPS)
+  ra, rb = _classifier_record(one), _classifier_record(two)
+  assert ra["step"] == rb["step"] == CLS_STEPS
+  assert rb["val"]["count"] == ra["val"]["count"] > 0
+  assert rb["val"]["accuracy"] == pytest.approx(ra["val"]["accuracy"],
+                                                abs=1e-9)
+
+
+def test_ath_classifier_sigterm_resumes_on_the_same_run(classifier_runs,
+                                                        data_dir, tmp_path):
+  """Catches: stage 1 without the signal handler (the run finishes or dies
+  without a checkpoint of the stop step) or a resume that restarts the data
+  or the schedule (params differ from the uninterrupted run)."""
+  from medhash_jax.systems import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
+  from medhash_jax.train import preemption  # pylint: disable=g-import-not-at-top
+  config, cls_cfg = mp_classifier_worker.classifier_config(data_dir,
+                                                           CLS_STEPS)
+  stage = str(tmp_path / "classifier")
+
+  def sigterm_at_3(step, state):
+    del state
+    if step == 3:  # after the step checkpoint of 2
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with pytest.raises(preemption.TrainingInterrupted) as e:
+    classifier_lib.train_classifier(config, cls_cfg, str(tmp_path), stage,
+                                    hooks=[sigterm_at_3])
+  assert e.value.code == preemption.EXIT_RESUMABLE
+  assert "classifier step 3 of 4" in str(e.value)
+  assert not os.path.exists(os.path.join(stage, "classifier.json"))
+  clf = classifier_lib.train_classifier(config, cls_cfg, str(tmp_path), stage)
+  assert clf.metrics["resumed_from"] == 3 and clf.step == CLS_STEPS
+  ref = classifier_runs["one"]   # uninterrupted, 2 devices (here: 4)
+  _assert_params_close(_params(ref, CLS_STEPS), _params(stage, CLS_STEPS))
+  assert clf.metrics["val"] == pytest.approx(_classifier_record(ref)["val"])
 
 
 def _is_loopback(addr: str) -> bool:

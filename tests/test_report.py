@@ -46,30 +46,32 @@ def test_tables_exact(tmp_path):
 
 
 def test_pr_curve_pixels(tmp_path):
-  path = str(tmp_path / "pr.png")
+  path = str(tmp_path / "pr" / "pr.png")
   curves = {"diag": ([1.0, 0.5, 0.2], [0.0, 0.5, 1.0]),
             "flat": (np.full(11, 0.5), np.linspace(0, 1, 11)),
             "dot": ([0.1], [0.9])}
-  report.plot_pr_curves(curves, path, title="t", size=(400, 300))
-  with Image.open(path) as im:
+  img = report.plot_pr_curves(curves, path, title="t", size=(400, 300))
+  with Image.open(path) as im:   # a PNG that decodes, the image returned
     assert im.format == "PNG" and im.size == (400, 300) and im.mode == "RGB"
     px = np.asarray(im)
+  np.testing.assert_array_equal(px, np.asarray(img))
+  assert os.listdir(tmp_path / "pr") == ["pr.png"]  # no temporary left
   area = curves_lib.plot_area((400, 300), title=True)
   pal = curves_lib.PALETTE
 
-  def near(x, y, colour, r=1):
+  def near(x, y, colour, r=1, tol=12):
+    """Some pixel within r of (x, y) has `colour` (anti-aliasing: +-tol)."""
     c, row = area.to_pixel(x, y)
-    win = px[row - r:row + r + 1, c - r:c + r + 1].reshape(-1, 3)
-    return any(tuple(p) == colour for p in win)
+    win = px[row - r:row + r + 1, c - r:c + r + 1].reshape(-1, 3).astype(int)
+    return bool((np.abs(win - colour).max(axis=1) <= tol).any())
 
-  c, row = area.to_pixel(0.7, 0.5)
-  assert tuple(px[row, c]) == pal[1]                   # on "flat", exactly
+  assert near(0.7, 0.5, pal[1], r=0)                   # on "flat", exactly
   assert near(0.25, 0.75, pal[0]) and near(0.75, 0.35, pal[0])   # on "diag"
   assert near(0.9, 0.1, pal[2])                        # the single point
-  c, row = area.to_pixel(0.3, 0.2)
-  assert tuple(px[row, c]) in ((255, 255, 255), curves_lib.GRID)  # empty
-  c, row = area.to_pixel(0.0, 0.05)
-  assert tuple(px[row, c]) == curves_lib.AXIS           # the y axis
+  for colour in pal[:3]:                               # nowhere else
+    assert not near(0.3, 0.2, colour, r=2, tol=60)
+    assert not near(0.2, 0.3, colour, r=2, tol=60)
+  assert near(0.0, 0.05, curves_lib.AXIS)              # the y axis
   with pytest.raises(ValueError, match="differ"):
     report.plot_pr_curves({"bad": ([1, 0.5], [0.0])})
 

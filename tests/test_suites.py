@@ -1,5 +1,5 @@
 """Experiment suites: every run config of every suite validates, `--set`
-overrides, and the paper-scale (224 px) suite's models and losses trace for
+settings (typed by ml_collections' rules), and the paper-scale (224 px) suite's models and losses trace for
 every method, so a GPU session never finds a config error at its first step.
 """
 
@@ -43,39 +43,43 @@ def test_every_run_config_of_every_suite_validates(name, tmp_path):
           assert node == value, (method, key)
 
 
-def test_parse_setting():
-  parse = experiments.parse_setting
-  assert parse("data.image_size=32") == ("data.image_size", 32)
-  assert parse("optim.learning_rate=1e-3") == ("optim.learning_rate", 1e-3)
-  assert parse("model.dtype=bfloat16") == ("model.dtype", "bfloat16")
-  assert parse("data.augment.enabled=False") == ("data.augment.enabled", False)
-  assert parse("eval.ks=(10, None)") == ("eval.ks", (10, None))
-  assert parse(" data.name = 'ham10000' ") == ("data.name", "ham10000")
-  for bad in ("data.image_size", "=3", "data image_size=3"):
-    with pytest.raises(ValueError, match="key=value"):
-      parse(bad)
-
-
 def test_settings_win_over_suite_and_method_overrides(tmp_path):
+  """`--set` text, typed per run by the field (as --config.key=value)."""
   suite = experiments.SUITES["ham10000"]
   assert suite.method_overrides["mth"]["data.image_size"] == 32
-  s = experiments.with_overrides(suite, {"data.image_size": 48,
+  s = experiments.with_overrides(suite, {"data.image_size": "48",
                                          "model.dtype": "bfloat16",
-                                         "ath.classifier.num_steps": 7})
+                                         "optim.learning_rate": "1",
+                                         "ath.classifier.num_steps": "7"})
   for method in ("dpsh", "mth", "ath"):
     c = experiments.method_config(s, method, 16, 0, str(tmp_path))
     assert c.data.image_size == 48 and c.model.dtype == "bfloat16", method
+    assert type(c.data.image_size) is int, method
+    assert c.optim.learning_rate == 1.0 and type(c.optim.learning_rate) is \
+        float, method
     # Other per-method overrides stay.
     assert c.model.kwargs.small_input == (method == "mth")
   assert experiments.method_config(s, "ath", 16, 0, str(tmp_path)
                                    ).ath.classifier.num_steps == 7
   # The suite itself is not changed, and no settings = the same suite.
   assert suite.method_overrides["mth"]["data.image_size"] == 32
+  assert not suite.settings
   assert experiments.with_overrides(suite, {}) is suite
-  with pytest.raises(KeyError, match="image_sise"):
+  with pytest.raises(KeyError, match="--set data.image_sise"):
     experiments.method_config(
-        experiments.with_overrides(suite, {"data.image_sise": 48}), "dpsh",
+        experiments.with_overrides(suite, {"data.image_sise": "48"}), "dpsh",
         16, 0, str(tmp_path))
+  with pytest.raises(ValueError, match="--set data.image_size=big"):
+    experiments.method_config(
+        experiments.with_overrides(suite, {"data.image_size": "big"}), "dpsh",
+        16, 0, str(tmp_path))
+
+
+def test_a_suite_override_of_the_wrong_type_names_it(tmp_path):
+  bad = dataclasses.replace(experiments.SUITES["smoke"],
+                            overrides={"train.num_steps": "ten"})
+  with pytest.raises(TypeError, match="suite smoke override train.num_steps"):
+    experiments.method_config(bad, "dpsh", 16, 0, str(tmp_path))
 
 
 def _batch(c, num_classes, size, b, rng):
@@ -134,6 +138,8 @@ def test_paper_gpu_suite_traces_at_224px(tmp_path):
 
 def test_suite_with_settings_is_a_new_suite_value():
   suite = experiments.SUITES["smoke"]
-  s = experiments.with_overrides(suite, {"train.num_steps": 3})
-  assert dataclasses.asdict(s)["overrides"]["train.num_steps"] == 3
-  assert suite.overrides["train.num_steps"] == 10
+  s = experiments.with_overrides(suite, {"train.num_steps": "3"})
+  assert dataclasses.asdict(s)["settings"] == {"train.num_steps": "3"}
+  assert experiments.with_overrides(s, {"seed": "1"}).settings == {
+      "train.num_steps": "3", "seed": "1"}
+  assert suite.overrides["train.num_steps"] == 10 and not suite.settings

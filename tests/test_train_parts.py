@@ -105,18 +105,95 @@ def test_pairwise_product_on_sharded_batch():
   np.testing.assert_allclose(np.asarray(s), np.eye(8, 3) @ np.eye(8, 3).T)
 
 
-def test_crc32c_and_event_file(tmp_path):
-  assert writers.crc32c(b"123456789") == 0xE3069283  # the standard check value
+def _events(path):
+  """The Event protobufs of a TensorBoard file: TFRecord framing (length,
+  masked CRC32C of it, payload, masked CRC32C of that), parsed with
+  tensorboardX's own protobuf classes."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  from tensorboardX.record_writer import masked_crc32c  # pylint: disable=g-import-not-at-top
+  data = open(path, "rb").read()
+  events, pos = [], 0
+  while pos < len(data):
+    header = data[pos:pos + 8]
+    (length,) = struct.unpack("<Q", header)
+    payload = data[pos + 12:pos + 12 + length]
+    assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked_crc32c(header)
+    assert (struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0]
+            == masked_crc32c(payload))
+    events.append(event_pb2.Event.FromString(payload))
+    pos += 16 + length
+  return events
+
+
+def test_event_file_scalars_and_hparams(tmp_path):
   w = writers.create_default_writer(str(tmp_path))
+  w.write_hparams({"optim": {"lr": 0.1, "name": "adam"}, "seed": 3,
+                   "train": {"augment": True, "sizes": (1, 2)}})
   w.write_scalars(7, {"train/loss": 0.5, "train/lr": np.float32(0.1)})
+  w.write_scalars(9, {"train/loss": jnp.float32(0.25)})
   w.close()
   ev = os.listdir(tmp_path / "tensorboard")
   assert len(ev) == 1 and ev[0].startswith("events.out.tfevents.")
-  records = writers.read_tfrecords(str(tmp_path / "tensorboard" / ev[0]))
-  assert b"brain.Event:2" in records[0]
-  assert b"train/loss" in records[1] and struct.pack("<f", 0.5) in records[1]
+  events = _events(str(tmp_path / "tensorboard" / ev[0]))
+  assert events[0].file_version == "brain.Event:2"
+  scalars = [(e.step, v.tag, v.simple_value) for e in events
+             for v in e.summary.value if v.WhichOneof("value") == "simple_value"]
+  assert scalars == [(7, "train/loss", 0.5), (7, "train/lr", np.float32(0.1)),
+                     (9, "train/loss", 0.25)]
+  # hparams: the hparams plugin's experiment, session start (flattened
+  # config, dotted keys) and, at close, session end.
+  from tensorboardX.proto import plugin_hparams_pb2  # pylint: disable=g-import-not-at-top
+  plugin = {v.tag: plugin_hparams_pb2.HParamsPluginData.FromString(
+                v.metadata.plugin_data.content)
+            for e in events for v in e.summary.value
+            if v.metadata.plugin_data.plugin_name == "hparams"}
+  assert sorted(plugin) == ["_hparams_/experiment",
+                            "_hparams_/session_end_info",
+                            "_hparams_/session_start_info"]
+  hp = plugin["_hparams_/session_start_info"].session_start_info.hparams
+  assert {k: hp[k].WhichOneof("kind") for k in hp} == {
+      "optim.lr": "number_value", "optim.name": "string_value",
+      "seed": "number_value", "train.augment": "bool_value",
+      "train.sizes": "string_value"}
+  assert (hp["optim.lr"].number_value, hp["optim.name"].string_value,
+          hp["seed"].number_value, hp["train.augment"].bool_value,
+          hp["train.sizes"].string_value) == (0.1, "adam", 3, True, "(1, 2)")
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  assert rows[0]["step"] == 7 and rows[0]["train/loss"] == 0.5
+  assert rows[0]["hparams"]["optim"]["lr"] == 0.1
+  assert rows[1]["step"] == 7 and rows[1]["train/loss"] == 0.5
+  assert rows[2]["step"] == 9 and rows[2]["train/loss"] == 0.25
+
+
+def test_flatten_is_the_one_flattener():
+  nested = {"a": {"b": 1, "c": {"d": (2, 3)}}, "e": 4, "empty": {}}
+  assert writers.flatten(nested) == {"a/b": 1, "a/c/d": (2, 3), "e": 4}
+  assert writers.flatten(nested, sep=".") == {"a.b": 1, "a.c.d": (2, 3),
+                                              "e": 4}
+  assert writers.flatten(nested, sep=None) == {
+      ("a", "b"): 1, ("a", "c", "d"): (2, 3), ("e",): 4}
+  # The checkpoint's config comparison reads a config back from JSON.
+  assert ckpt_lib.config_differences(
+      {"optim": {"lr": 0.1}, "model": {"sizes": [1, 2]}},
+      {"optim": {"lr": 0.2}, "model": {"sizes": (1, 2)}},
+      changeable=()) == {"optim.lr": (0.1, 0.2)}
+
+
+def test_quiet_library_logs_drops_orbax_info_only():
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  handler = absl_logging.get_absl_handler()
+  before = list(handler.filters)
+  try:
+    writers.quiet_library_logs()
+    (added,) = [f for f in handler.filters if f not in before]
+
+    def record(level, path):
+      return logging.LogRecord("x", level, path, 1, "m", None, None)
+    assert not added.filter(record(logging.INFO, "/x/orbax/checkpoint/a.py"))
+    assert added.filter(record(logging.WARNING, "/x/orbax/checkpoint/a.py"))
+    assert added.filter(record(logging.INFO, "/x/medhash_jax/train/loop.py"))
+  finally:
+    handler.filters[:] = before
 
 
 def test_nan_names_step_and_checkpoint():

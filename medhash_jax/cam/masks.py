@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from medhash_jax.cam import otsu
+from medhash_jax.data import rows as rows_lib
 
 
 class MaskCacheError(ValueError):
@@ -76,39 +77,23 @@ def compute_masks(cam_fn: Callable[..., jax.Array],
     masks uint8 (N, H, W) (and heat maps if asked).
   """
   put = put_fn or (lambda x: x)
-  masks = heat_all = None
-  seen = np.zeros((num_examples,), bool)
+  masks = rows_lib.SplitRows(num_examples, "masks", np.uint8, what="mask")
+  heat_all = rows_lib.SplitRows(num_examples, "heat maps", np.float16)
   start = 0
   for batch in batches:
     images = np.asarray(batch["image"])
     b = images.shape[0]
     index = (np.asarray(batch["index"]) if "index" in batch
              else np.arange(start, start + b))
-    valid = np.asarray(batch["valid"], bool) if "valid" in batch else np.ones(b, bool)
     start += b
     labels = batch.get("labels")
     heat = cam_fn(put(images), None if labels is None else put(np.asarray(labels)))
-    m = np.asarray(_heat_to_mask(heat))
-    if masks is None:
-      masks = np.zeros((num_examples,) + m.shape[1:], np.uint8)
-      if return_heat:
-        heat_all = np.zeros((num_examples,) + m.shape[1:], np.float16)
-    idx = index[valid]
-    if idx.size and (idx.min() < 0 or idx.max() >= num_examples):
-      raise ValueError(f"batch index {idx.min()}..{idx.max()} outside the split "
-                       f"of {num_examples}")
-    if seen[idx].any() or len(np.unique(idx)) != idx.size:
-      raise ValueError(f"position {idx[seen[idx]][:1]} seen twice while making "
-                       "masks")
-    seen[idx] = True
-    masks[idx] = m[valid]
+    masks.put(np.asarray(_heat_to_mask(heat)), index, batch.get("valid"))
     if return_heat:
-      heat_all[idx] = np.asarray(heat)[valid]
-  if masks is None or not seen.all():
-    missing = np.flatnonzero(~seen)
-    raise ValueError(f"{missing.size} of {num_examples} positions got no mask "
-                     f"(first {missing[:5].tolist()}); the batches do not cover "
-                     "the split")
+      heat_all.put(np.asarray(heat), index, batch.get("valid"))
+  masks = masks.result()
+  if return_heat:
+    heat_all = heat_all.result()
   return (masks, heat_all) if return_heat else masks
 
 

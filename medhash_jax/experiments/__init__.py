@@ -39,9 +39,8 @@ from medhash_jax.experiments.suites import DISPLAY
 from medhash_jax.experiments.suites import SUITES
 from medhash_jax.experiments.suites import Suite
 from medhash_jax.experiments.suites import method_config
-from medhash_jax.experiments.suites import parse_setting
 from medhash_jax.experiments.suites import with_overrides
 
 __all__ = ["ALL_DEEP", "DISPLAY", "SUITES", "Suite", "Trained",
-           "parse_setting", "with_overrides",
+           "with_overrides",
            "method_config", "run_suite"]

@@ -1,7 +1,6 @@
 """`python -m medhash_jax.experiments --suite=<name>` (see the package docstring)."""
 
 import json
-import logging as logging_lib
 import os
 import sys
 
@@ -9,10 +8,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from medhash_jax.config.overrides import split_setting
 from medhash_jax.experiments.runner import run_suite
 from medhash_jax.experiments.suites import SUITES
-from medhash_jax.experiments.suites import parse_setting
 from medhash_jax.experiments.suites import with_overrides
+from medhash_jax.train import writers
 
 def _define_flags():
   """Defined only when run as a program, so importing this module (tests,
@@ -31,28 +31,21 @@ def _define_flags():
                     "(recorded as dirty); refused by default")
   flags.DEFINE_multi_string(
       "set", [], "key=value set on every run's config, after the suite's "
-      "overrides (repeatable), e.g. --set=data.image_size=32 "
-      "--set=model.dtype=bfloat16")
+      "overrides (repeatable), typed as --config.key=value types it, e.g. "
+      "--set=data.image_size=32 --set=model.dtype=bfloat16")
 
 
 FLAGS = flags.FLAGS
 
 
-class _QuietOrbax(logging_lib.Filter):
-  """Keeps orbax's per-save INFO chatter out of the log (warnings stay)."""
-
-  def filter(self, record):
-    return record.levelno >= logging_lib.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  writers.quiet_library_logs()
   if FLAGS.suite not in SUITES:
     raise app.UsageError(f"unknown suite {FLAGS.suite!r}; known: {sorted(SUITES)}")
   try:
-    settings = dict(parse_setting(t) for t in FLAGS.set)
+    settings = dict(split_setting(t) for t in FLAGS.set)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   suite = with_overrides(SUITES[FLAGS.suite], settings)

@@ -30,15 +30,16 @@ def _metrics_row(test: Dict[str, float]) -> Dict[str, float]:
           "chance_map@all": test.get("map@all/chance")}
 
 
-def deep_row(results: Dict[str, Any], workdir: str) -> Dict[str, Any]:
+def deep_row(results: Dict[str, Any], workdir: str, system=None
+             ) -> Dict[str, Any]:
+  """A deep run's table row; the training time is the system's (ATH: all
+  three stages)."""
+  if system is None:
+    from medhash_jax import systems  # pylint: disable=g-import-not-at-top
+    system = systems.System()
   row = _metrics_row(results["metrics"]["test"])
-  train_s = results["train"].get("seconds")
-  stages = os.path.join(workdir, "ath_stages.json")
-  if os.path.exists(stages):
-    with open(stages, encoding="utf-8") as f:
-      train_s = json.load(f).get("total_train_seconds", train_s)
   eff = results.get("efficiency", {})
-  row.update(train_time_s=train_s,
+  row.update(train_time_s=system.train_seconds(results, workdir),
              encode_ms_per_image=eff.get("encode_ms_per_image"),
              query_ms=eff.get("query_ms_per_query"),
              index_bytes=eff.get("index_bytes"))
@@ -46,29 +47,10 @@ def deep_row(results: Dict[str, Any], workdir: str) -> Dict[str, Any]:
 
 
 def ath_attention(workdir: str) -> Optional[Dict[str, Any]]:
-  """What ATH's attention did in one run (from its `ath_stages.json`): the
-  CAM grid, the classifier's val accuracy, per split the mask area (mean
-  share of the image) and fallbacks (empty masks: the local view is the full
-  image), and the localisation metrics where the data set has boxes."""
-  path = os.path.join(workdir, "ath_stages.json")
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    st = json.load(f)
-  masks = st.get("masks", {})
-  camd = st.get("cam") or {}
-  out = {"cam_layer": camd.get("layer", ""), "cam_grid": camd.get("grid"),
-         "cam_image_size": camd.get("image_size"),
-         "classifier_val_accuracy": (st.get("classifier", {}).get("val") or {}
-                                     ).get("accuracy"),
-         "mask_area": {k: v.get("mask_area", v.get("foreground"))
-                       for k, v in masks.items()},
-         "fallbacks": {k: v.get("fallbacks", v.get("empty"))
-                       for k, v in masks.items()},
-         "counts": {k: v.get("count") for k, v in masks.items()},
-         "boxes": camd.get("boxes", ""),
-         "localization": st.get("localization")}
-  return out
+  """What ATH's attention did in one run (`ath.attention_record`), None
+  when the folder holds no ATH stage record."""
+  from medhash_jax import systems  # pylint: disable=g-import-not-at-top
+  return systems.ath.AthSystem().report_extras(workdir).get("ath_attention")
 
 
 def _fmt(v, spec=".3f"):
@@ -135,19 +117,12 @@ def _merge_seeds(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
   return out
 
 
-# Keys that do not change what a finished run computed: logging, checkpoint
-# cadence, where the data lives and how many threads read it.
-REUSE_IGNORED_KEYS = (
-    "train.log_every_steps", "train.checkpoint_every_steps",
-    "train.keep_checkpoints", "resume", "data.root", "data.path",
-    "data.num_workers", "data.worker_buffer_size", "data.read_threads",
-    "data.prefetch_buffer_size")
-
-
 def check_reusable(config, workdir: str):
   """Refuses to reuse a finished run trained under another config (another
   --steps, --set, or a config file edited since), naming every key that
-  differs; runs without a config record (none are written so) pass."""
+  differs but for logistics keys (`defaults.KEY_CLASSES`: paths, logging
+  and checkpoint cadence, loader threads); runs without a config record
+  (none are written so) pass."""
   from medhash_jax import systems  # pylint: disable=g-import-not-at-top
   from medhash_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   saved = ckpt_lib.read_saved_config(workdir)
@@ -156,7 +131,7 @@ def check_reusable(config, workdir: str):
   ckpt_lib.check_config_compatible(
       saved, systems.hash_config(config, workdir).to_dict(),
       f"{workdir} (a finished run the suite would reuse; --rerun retrains "
-      "it)", changeable=(), ignored=REUSE_IGNORED_KEYS)
+      "it)", changeable=ckpt_lib.REUSE)
 
 
 # ---------------------------------------------------------------------------
@@ -178,7 +153,7 @@ class Trained:
 
   def codes(self, split: str) -> np.ndarray:
     from medhash_jax.train import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
-    codes, _ = eval_lib.encode_split(
+    codes, _ = eval_lib.map_split(
         self.run.encode_fn, self.variables, self.run.ds.eval[split],
         self.run.mesh, input_keys=self.run.task.input_keys)
     return codes
@@ -192,7 +167,7 @@ class Trained:
         args = [inputs[k] for k in task.input_keys]
         return task.model.apply(variables, *args, train=False)["features"]
       self._features_fn = eval_lib.make_encode_fn(fn, self.run.mesh)
-    feats, _ = eval_lib.encode_split(
+    feats, _ = eval_lib.map_split(
         self._features_fn, self.variables, self.run.ds.eval[split],
         self.run.mesh, input_keys=task.input_keys)
     return feats
@@ -205,20 +180,17 @@ class Trained:
 
 def pixel_features(ds, split: str, max_dim: int = 1024) -> np.ndarray:
   """Raw eval images, flattened (average-pooled down to <= max_dim values)."""
+  from medhash_jax.data import rows as rows_lib  # pylint: disable=g-import-not-at-top
   eds = ds.eval[split]
-  out = None
+  rows = rows_lib.SplitRows(eds.size, f"split {split!r}", np.float32)
   for batch in eds:
     x = np.asarray(batch["image"], np.float32)
     while x.shape[1] * x.shape[2] * x.shape[3] > max_dim and x.shape[1] >= 2:
       b, h, w, c = x.shape
       x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(
           b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
-    x = x.reshape(x.shape[0], -1)
-    if out is None:
-      out = np.zeros((eds.size, x.shape[1]), np.float32)
-    keep = np.asarray(batch["valid"]) & (np.asarray(batch["index"]) >= 0)
-    out[np.asarray(batch["index"])[keep]] = x[keep]
-  return out
+    rows.put(x.reshape(x.shape[0], -1), batch["index"], batch["valid"])
+  return rows.result()
 
 
 def shallow_rows(methods: Sequence[str], bits: Sequence[int], feats, labels,
@@ -344,6 +316,32 @@ def _machine() -> Dict[str, Any]:
           "jax": jax.__version__}
 
 
+class _Plan:
+  """What one `run_suite` call covers: methods, bits, seeds and folders."""
+
+  def __init__(self, suite: Suite, output: str, workdir: str, methods, bits,
+               seeds, steps, rerun: bool, command: str):
+    self.suite, self.output, self.workdir = suite, output, workdir
+    self.methods = list(methods or suite.methods)
+    self.bits = [int(b) for b in (bits or suite.bits)]
+    self.seeds = [int(s) for s in (seeds or suite.seeds)]
+    unknown = [m for m in self.methods if m not in ALL_DEEP]
+    if unknown:
+      raise ValueError(f"unknown methods {unknown}; known: {list(ALL_DEEP)}")
+    self.pr_bits = suite.pr_bits if suite.pr_bits in self.bits else max(
+        self.bits)
+    self.steps, self.rerun, self.command = steps, rerun, command
+    self.stage_root = os.path.join(workdir, "_ath_stages")
+    self.first_seed = self.seeds[0]
+
+  def config(self, method: str, bits: int, seed: int):
+    return method_config(self.suite, method, bits, seed, self.stage_root,
+                         self.steps)
+
+  def run_dir(self, method: str, bits: int, seed: int) -> str:
+    return os.path.join(self.workdir, run_tag(method), f"b{bits}-s{seed}")
+
+
 def run_suite(suite: Suite, output: str, workdir: str, *,
               methods: Optional[Sequence[str]] = None,
               bits: Optional[Sequence[int]] = None,
@@ -352,159 +350,34 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
               command: str = "", allow_dirty: bool = False) -> Dict[str, Any]:
   """Runs (or reuses) every run of the suite and writes the reports; refuses
   a dirty git tree unless `allow_dirty` (`check_clean`)."""
-  from medhash_jax import metrics  # pylint: disable=g-import-not-at-top
-  from medhash_jax import report  # pylint: disable=g-import-not-at-top
-  from medhash_jax import systems  # pylint: disable=g-import-not-at-top
-  methods = list(methods or suite.methods)
-  bits = [int(b) for b in (bits or suite.bits)]
-  seeds = [int(s) for s in (seeds or suite.seeds)]
-  unknown = [m for m in methods if m not in ALL_DEEP]
-  if unknown:
-    raise ValueError(f"unknown methods {unknown}; known: {list(ALL_DEEP)}")
+  plan = _Plan(suite, output, workdir, methods, bits, seeds, steps, rerun,
+               command)
   tree = git_state()
   check_clean(tree, allow_dirty)
-  pr_bits = suite.pr_bits if suite.pr_bits in bits else max(bits)
   os.makedirs(output, exist_ok=True)
-  stage_root = os.path.join(workdir, "_ath_stages")
   t_suite = time.perf_counter()
-  runs, per_method = [], {}
-  for method in methods:
-    for k in bits:
-      for seed in seeds:
-        cfg = method_config(suite, method, k, seed, stage_root, steps)
-        wd = os.path.join(workdir, run_tag(method), f"b{k}-s{seed}")
-        res_path = os.path.join(wd, "results.json")
-        if os.path.exists(res_path) and not rerun:
-          check_reusable(cfg, wd)
-          with open(res_path, encoding="utf-8") as f:
-            try:
-              results = json.load(f)
-            except ValueError as e:  # a copy cut short, a full disk
-              raise ValueError(
-                  f"{res_path} is corrupt or truncated ({e}); --mode=evaluate"
-                  f" --workdir={wd} writes it again from the run") from e
-          logging.info("experiments: reusing %s", wd)
-        else:
-          logging.info("experiments: %s, %d bits, seed %d -> %s", method, k,
-                       seed, wd)
-          results = systems.train_and_evaluate(cfg, wd)
-        row = deep_row(results, wd)
-        runs.append({"method": method, "bits": k, "seed": seed, "workdir": wd,
-                     "row": row, **run_record(cfg, wd, results)})
-        attention = ath_attention(wd) if method == "ath" else None
-        if attention is not None:
-          runs[-1]["ath_attention"] = attention
-        per_method.setdefault((method, k), []).append(row)
-
-  # Re-open seed-0 runs at pr_bits: PR curves, gallery, shallow features.
-  curves, gallery_src, feats, labels, opened = {}, None, None, None, []
-  first_seed = seeds[0]
-  source_bits = max(bits)
-  for method in methods:
-    needed = {pr_bits}
-    if method == suite.feature_source:
-      needed.add(source_bits)
-    for k in sorted(needed):
-      cfg = method_config(suite, method, k, first_seed, stage_root, steps)
-      wd = os.path.join(workdir, run_tag(method), f"b{k}-s{first_seed}")
-      tr = Trained(cfg, wd)
-      opened.append(tr)
-      ds = tr.run.ds
-      if k == pr_bits:
-        q, db = tr.codes("query"), tr.codes("database")
-        pr = metrics.pr_curve(q, db, ds.eval["query"].labels,
-                              ds.eval["database"].labels)
-        curves[DISPLAY[method]] = (pr["precision"], pr["recall"])
-        if gallery_src is None or method == "ath":  # ATH has overlays
-          gallery_src = (method, q, db, ds)
-      if method == suite.feature_source and k == source_bits:
-        feats = {s: tr.features(s) for s in ("train", "query", "database")}
-        labels = {s: ds.eval[s].labels for s in ("train", "query", "database")}
-  if suite.feature_source == "pixels" or feats is None:
-    from medhash_jax.systems import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
-    cfg = method_config(suite, methods[0], bits[0], first_seed, stage_root,
-                        steps)
-    ds = classifier_lib.build_plain_datasets(
-        cfg, os.path.join(workdir, "_pixels"), cfg.train.batch_size,
-        cfg.data.image_size)
-    feats = {s: pixel_features(ds, s) for s in ("train", "query", "database")}
-    labels = {s: ds.eval[s].labels for s in ("train", "query", "database")}
-    ds.close()
-    feature_note = "raw pixels"
-  else:
-    feature_note = (f"pooled backbone features of the {DISPLAY[suite.feature_source]}"
-                    f" model ({source_bits} bits, seed {first_seed})")
-  shallow_out = shallow_rows(suite.shallow, bits, feats, labels, first_seed)
-  for (m, k), v in shallow_out.items():
-    per_method[(m, k)] = [v["row"]]
-    runs.append({"method": m, "bits": k, "seed": first_seed, "row": v["row"],
-                 "features": feature_note})
-    if k == pr_bits:
-      q, db = v["codes"]
-      pr = metrics.pr_curve(q, db, labels["query"], labels["database"])
-      curves[DISPLAY[m]] = (pr["precision"], pr["recall"])
-
-  # Table rows: method order, then bits.
-  rows = []
-  for m in methods + [s for s in suite.shallow]:
-    for k in bits:
-      if (m, k) in per_method:
-        r = _merge_seeds(per_method[(m, k)])
-        r.update(method=DISPLAY[m], bits=k)
-        rows.append(r)
-  info = {
-      "suite": suite.name, "description": suite.description,
-      "command": command, "commit": tree["commit"], "git": tree,
-      "machine": _machine(),
-      "seeds": seeds, "bits": bits, "methods": methods,
-      "shallow": list(suite.shallow), "shallow_features": feature_note,
-      "steps_override": steps, "suite_seconds": time.perf_counter() - t_suite,
-      "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-  }
-  preamble = "\n".join([
-      f"# {suite.name}", "",
-      f"- suite definition: {suite.description}",
-      f"- this run: methods {', '.join(methods)}; bits {list(bits)}; seeds "
-      f"{list(seeds)}; steps {steps or 'as configured'}",
-      f"- command: `{command}`",
-      f"- commit: `{info['commit']}` ({_tree_note(tree)})",
-      f"- machine: {info['machine']['device_kind']} x "
-      f"{info['machine']['device_count']} ({info['machine']['platform']}), "
-      f"{info['machine']['cpu_count']} CPUs ({info['machine']['cpu_model']}), "
-      f"JAX {info['machine']['jax']}",
-      f"- seeds: {seeds} (numbers with ± are mean ± std over seeds)",
-      f"- test protocol: query vs database; model selected on val vs train",
-      f"- shallow methods on {feature_note}",
-      "- chance: expected mAP of a random ranking (mAP@10 and mAP@all)",
-      "- train time: ATH-GradCAM's includes its classifier and Grad-CAM masks"
-      " (shared between its code lengths); shallow methods: the fit"])
-  md, csv = report.write_tables(rows, os.path.join(output, "results"),
-                                columns=COLUMNS, preamble=preamble)
-  attention_md = ath_attention_markdown(
-      [dict(method=DISPLAY[r["method"]], bits=r["bits"], seed=r["seed"],
-            attention=r["ath_attention"]) for r in runs
-       if r.get("ath_attention")])
-  if attention_md:  # beside the retrieval table, in the same file
-    with open(md, "a", encoding="utf-8") as f:
-      f.write("\n" + attention_md)
-  outputs = {"markdown": md, "csv": csv}
-  if curves:
-    # One plot holds at most the palette's number of curves: more go to
-    # pr_curves_<K>bits_2.png, ...
-    names, per = list(curves), len(report.curves.PALETTE)
-    for i in range(0, len(names), per):
-      part = "" if i == 0 else f"_{i // per + 1}"
-      path = os.path.join(output, f"pr_curves_{pr_bits}bits{part}.png")
-      outputs["pr_curves" + part] = path
-      report.plot_pr_curves(
-          {n: curves[n] for n in names[i:i + per]}, path,
-          title=f"{suite.name}: precision-recall, {pr_bits} bits")
-  if gallery_src is not None:
-    outputs["gallery"] = os.path.join(output, "gallery.png")
-    write_gallery(outputs["gallery"], *gallery_src, workdir=workdir,
-                  seed=first_seed, bits=pr_bits, n=suite.gallery_queries)
-  for tr in opened:
-    tr.close()
+  runs, per_method = _deep_runs(plan)
+  opened = _Reopened(plan)
+  try:
+    feats, labels, feature_note = _shallow_features(plan, opened)
+    curves = dict(opened.curves)
+    for (m, k), v in shallow_rows(suite.shallow, plan.bits, feats, labels,
+                                  plan.first_seed).items():
+      per_method[(m, k)] = [v["row"]]
+      runs.append({"method": m, "bits": k, "seed": plan.first_seed,
+                   "row": v["row"], "features": feature_note})
+      if k == plan.pr_bits:
+        curves[DISPLAY[m]] = _pr(*v["codes"], labels)
+    info = _suite_info(plan, feature_note, time.perf_counter() - t_suite,
+                       tree)
+    outputs = _write_table(plan, info, _table_rows(plan, per_method), runs)
+    outputs.update(_write_curves(plan, curves))
+    if opened.gallery is not None:
+      outputs["gallery"] = os.path.join(output, "gallery.png")
+      write_gallery(outputs["gallery"], *opened.gallery,
+                    n=suite.gallery_queries)
+  finally:
+    opened.close()
   info["outputs"] = outputs
   info["runs"] = runs
   with open(os.path.join(output, "runs.json"), "w", encoding="utf-8") as f:
@@ -513,17 +386,203 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
   return info
 
 
-def write_gallery(path: str, method: str, q_codes, db_codes, ds, *,
-                  workdir: str, seed: int, bits: int, n: int = 4, k: int = 10):
-  """Top-k of n queries spread over the classes; ATH's Grad-CAM overlay
-  when it exists."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+def _deep_runs(plan: _Plan):
+  """Trains (or reuses) every deep run: (run entries, (method, bits) ->
+  per-seed rows)."""
+  from medhash_jax import systems  # pylint: disable=g-import-not-at-top
+  runs, per_method = [], {}
+  for method in plan.methods:
+    for k in plan.bits:
+      for seed in plan.seeds:
+        cfg, wd = plan.config(method, k, seed), plan.run_dir(method, k, seed)
+        system = systems.system_of(cfg)
+        logging.info("experiments: %s, %d bits, seed %d -> %s", method, k,
+                     seed, wd)
+        results = _run_or_reuse(system, cfg, wd, plan.rerun)
+        row = deep_row(results, wd, system)
+        runs.append({"method": method, "bits": k, "seed": seed,
+                     "workdir": wd, "row": row, **system.report_extras(wd),
+                     **run_record(cfg, wd, results)})
+        per_method.setdefault((method, k), []).append(row)
+  return runs, per_method
+
+
+def _run_or_reuse(system, cfg, wd: str, rerun: bool) -> Dict[str, Any]:
+  """The run's results: its results.json when finished under the same
+  config (and not `rerun`), else trained now."""
+  res_path = os.path.join(wd, "results.json")
+  if os.path.exists(res_path) and not rerun:
+    check_reusable(cfg, wd)
+    with open(res_path, encoding="utf-8") as f:
+      try:
+        results = json.load(f)
+      except ValueError as e:  # a copy cut short, a full disk
+        raise ValueError(
+            f"{res_path} is corrupt or truncated ({e}); --mode=evaluate"
+            f" --workdir={wd} writes it again from the run") from e
+    logging.info("experiments: reusing %s", wd)
+    return results
+  return system.train_and_evaluate(cfg, wd)
+
+
+def _pr(q, db, labels) -> tuple:
+  from medhash_jax import metrics  # pylint: disable=g-import-not-at-top
+  pr = metrics.pr_curve(q, db, labels["query"], labels["database"])
+  return pr["precision"], pr["recall"]
+
+
+class _Reopened:
+  """Seed-0 runs re-opened at pr_bits (PR curves, the gallery) and the
+  feature source's run at its largest code length (shallow features)."""
+
+  def __init__(self, plan: _Plan):
+    from medhash_jax import systems  # pylint: disable=g-import-not-at-top
+    self.curves, self.gallery, self.feats, self.labels = {}, None, None, None
+    self.opened = []
+    seed, splits = plan.first_seed, ("train", "query", "database")
+    source_bits = max(plan.bits)
+    for method in plan.methods:
+      needed = {plan.pr_bits}
+      if method == plan.suite.feature_source:
+        needed.add(source_bits)
+      for k in sorted(needed):
+        cfg, wd = plan.config(method, k, seed), plan.run_dir(method, k, seed)
+        tr = Trained(cfg, wd)
+        self.opened.append(tr)
+        ds = tr.run.ds
+        if k == plan.pr_bits:
+          q, db = tr.codes("query"), tr.codes("database")
+          labels = {s: ds.eval[s].labels for s in splits}
+          self.curves[DISPLAY[method]] = _pr(q, db, labels)
+          system = systems.system_of(cfg)
+          overlays = system.query_overlays(wd, _gallery_ids(
+              ds, plan.suite.gallery_queries))
+          # The first run's, or the first with overlays (ATH's Grad-CAM).
+          if self.gallery is None or (overlays and not self.gallery[-1]):
+            self.gallery = (q, db, ds, overlays)
+        if method == plan.suite.feature_source and k == source_bits:
+          self.feats = {s: tr.features(s) for s in splits}
+          self.labels = {s: ds.eval[s].labels for s in splits}
+
+  def close(self):
+    for tr in self.opened:
+      tr.close()
+
+
+def _shallow_features(plan: _Plan, opened: _Reopened):
+  """(features, labels, note) the shallow methods are fitted on: the
+  feature source's backbone features, else raw pixels."""
+  from medhash_jax import systems  # pylint: disable=g-import-not-at-top
+  if plan.suite.feature_source != "pixels" and opened.feats is not None:
+    return opened.feats, opened.labels, (
+        f"pooled backbone features of the "
+        f"{DISPLAY[plan.suite.feature_source]} model ({max(plan.bits)} bits, "
+        f"seed {plan.first_seed})")
+  cfg = plan.config(plan.methods[0], plan.bits[0], plan.first_seed)
+  ds = systems.plain_datasets(cfg, os.path.join(plan.workdir, "_pixels"),
+                              cfg.train.batch_size, cfg.data.image_size)
+  splits = ("train", "query", "database")
+  feats = {s: pixel_features(ds, s) for s in splits}
+  labels = {s: ds.eval[s].labels for s in splits}
+  ds.close()
+  return feats, labels, "raw pixels"
+
+
+def _table_rows(plan: _Plan, per_method) -> List[Dict[str, Any]]:
+  """Table rows in method order (deep, then shallow), then bits."""
+  rows = []
+  for m in plan.methods + list(plan.suite.shallow):
+    for k in plan.bits:
+      if (m, k) in per_method:
+        r = _merge_seeds(per_method[(m, k)])
+        r.update(method=DISPLAY[m], bits=k)
+        rows.append(r)
+  return rows
+
+
+def _suite_info(plan: _Plan, feature_note: str, seconds: float,
+                tree: Dict[str, Any]) -> Dict[str, Any]:
+  return {
+      "suite": plan.suite.name, "description": plan.suite.description,
+      "command": plan.command, "commit": tree["commit"], "git": tree,
+      "machine": _machine(),
+      "seeds": plan.seeds, "bits": plan.bits, "methods": plan.methods,
+      "shallow": list(plan.suite.shallow), "shallow_features": feature_note,
+      "steps_override": plan.steps, "suite_seconds": seconds,
+      "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+  }
+
+
+def _preamble(plan: _Plan, info: Dict[str, Any]) -> str:
+  m = info["machine"]
+  return "\n".join([
+      f"# {plan.suite.name}", "",
+      f"- suite definition: {plan.suite.description}",
+      f"- this run: methods {', '.join(plan.methods)}; bits "
+      f"{list(plan.bits)}; seeds {list(plan.seeds)}; steps "
+      f"{plan.steps or 'as configured'}",
+      f"- command: `{plan.command}`",
+      f"- commit: `{info['commit']}` ({_tree_note(info['git'])})",
+      f"- machine: {m['device_kind']} x {m['device_count']} "
+      f"({m['platform']}), {m['cpu_count']} CPUs ({m['cpu_model']}), "
+      f"JAX {m['jax']}",
+      f"- seeds: {plan.seeds} (numbers with ± are mean ± std over seeds)",
+      f"- test protocol: query vs database; model selected on val vs train",
+      f"- shallow methods on {info['shallow_features']}",
+      "- chance: expected mAP of a random ranking (mAP@10 and mAP@all)",
+      "- train time: ATH-GradCAM's includes its classifier and Grad-CAM masks"
+      " (shared between its code lengths); shallow methods: the fit"])
+
+
+def _write_table(plan: _Plan, info, rows, runs) -> Dict[str, str]:
+  """results.md / results.csv, with the ATH attention section beside."""
   from medhash_jax import report  # pylint: disable=g-import-not-at-top
-  from medhash_jax.data import mask_crop  # pylint: disable=g-import-not-at-top
+  md, csv = report.write_tables(rows, os.path.join(plan.output, "results"),
+                                columns=COLUMNS,
+                                preamble=_preamble(plan, info))
+  attention_md = ath_attention_markdown(
+      [dict(method=DISPLAY[r["method"]], bits=r["bits"], seed=r["seed"],
+            attention=r["ath_attention"]) for r in runs
+       if r.get("ath_attention")])
+  if attention_md:  # beside the retrieval table, in the same file
+    with open(md, "a", encoding="utf-8") as f:
+      f.write("\n" + attention_md)
+  return {"markdown": md, "csv": csv}
+
+
+def _write_curves(plan: _Plan, curves) -> Dict[str, str]:
+  """PR plots; one holds at most the palette's number of curves: more go to
+  pr_curves_<K>bits_2.png, ..."""
+  from medhash_jax import report  # pylint: disable=g-import-not-at-top
+  outputs = {}
+  names, per = list(curves), len(report.curves.PALETTE)
+  for i in range(0, len(names), per):
+    part = "" if i == 0 else f"_{i // per + 1}"
+    path = os.path.join(plan.output, f"pr_curves_{plan.pr_bits}bits{part}.png")
+    outputs["pr_curves" + part] = path
+    report.plot_pr_curves(
+        {n: curves[n] for n in names[i:i + per]}, path,
+        title=f"{plan.suite.name}: precision-recall, {plan.pr_bits} bits")
+  return outputs
+
+
+def _gallery_ids(ds, n: int) -> List[str]:
+  """Ids of the gallery's queries: n spread over the classes (the queries
+  ATH draws overlays of)."""
+  from medhash_jax import report  # pylint: disable=g-import-not-at-top
+  q = ds.eval["query"]
+  return [str(q.ids[i]) for i in report.spread_queries(q.labels, n)]
+
+
+def write_gallery(path: str, q_codes, db_codes, ds, overlays=None, *,
+                  n: int = 4, k: int = 10):
+  """Top-k of n queries spread over the classes, with the system's overlays
+  of them (`System.query_overlays`) when it has some."""
+  from medhash_jax import report  # pylint: disable=g-import-not-at-top
   from medhash_jax.retrieval import HammingIndex  # pylint: disable=g-import-not-at-top
   q_ds, db_ds = ds.eval["query"], ds.eval["database"]
   q_lab, db_lab = q_ds.labels, db_ds.labels
-  pick = report.spread_queries(q_lab, n)   # the queries ATH has overlays of
+  pick = report.spread_queries(q_lab, n)
   n = pick.size
   k = min(k, db_ds.size)
   index = HammingIndex(q_codes.shape[1])
@@ -534,18 +593,8 @@ def write_gallery(path: str, method: str, q_codes, db_codes, ds, *,
   q_img = [q_ds.loader.display_image(int(i)) for i in pick]
   r_img = [[db_ds.loader.display_image(int(j)) for j in row] for row in ids]
   relevant = (q_lab[pick] @ db_lab.T > 0)[np.arange(n)[:, None], ids]
-  overlays = None
-  ov_dir = os.path.join(workdir, "ath", f"b{bits}-s{seed}", "gradcam", "overlay")
-  if os.path.isdir(ov_dir):
-    files = [os.path.join(ov_dir, mask_crop.mask_key(str(q_ds.ids[i])) + ".png")
-             for i in pick]
-    if all(os.path.exists(f) for f in files):
-      overlays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
   report.save_gallery(path, q_img, r_img, relevant, distances=dist,
                       query_labels=[caption(l) for l in q_lab[pick]],
                       result_labels=[[caption(db_lab[j]) for j in row]
                                      for row in ids],
-                      overlays=overlays)
-  del method
-
-
+                      overlays=overlays or None)

@@ -1,17 +1,17 @@
 """Experiment suites: which methods, code lengths, seeds and settings make
 one results table, and the config of each run (`method_config`)."""
 
-import ast
 import dataclasses
-import importlib
 import os
-import sys
 from typing import Any, Dict, Optional, Sequence
 
 import ml_collections
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from medhash_jax.config import base as config_base
+from medhash_jax.config import files as config_files
+from medhash_jax.config import overrides as config_overrides
+
+REPO_ROOT = config_files.REPO_ROOT
 
 DISPLAY = {
     "dpsh": "DPSH", "hashnet": "HashNet", "dsh": "DSH", "dch": "DCH",
@@ -46,6 +46,10 @@ class Suite:
     overrides: dotted config keys set on every method; keys under a section
       a method lacks (e.g. "ath.*") are skipped for it.
     method_overrides: method -> dotted keys (e.g. model.kwargs.width).
+    settings: dotted key -> value applied last to every run (`--set
+      key=value`); text is parsed by the field's type as
+      `--config.key=value` would be (medhash_jax/config/overrides.py); keys
+      under a section a method lacks are skipped for it, as above.
     feature_source: the deep method whose backbone features feed the shallow
       methods (its run at the largest code length), or "pixels".
     pr_bits: code length of the PR plot and gallery (default: the largest).
@@ -59,6 +63,7 @@ class Suite:
   overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
   method_overrides: Dict[str, Dict[str, Any]] = dataclasses.field(
       default_factory=dict)
+  settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
   shallow: Sequence[str] = SHALLOW
   feature_source: str = "dpsh"
   pr_bits: Optional[int] = None
@@ -174,67 +179,42 @@ SUITES: Dict[str, Suite] = {
 
 
 def with_overrides(suite: Suite, settings: Dict[str, Any]) -> Suite:
-  """The suite with `settings` (dotted key -> value) set on every run; they
-  win over the suite's own overrides, per-method ones included."""
+  """The suite with `settings` (dotted key -> text as after `--set`, or a
+  Python value) set on every run after the suite's own overrides, per-method
+  ones included."""
   if not settings:
     return suite
-  per_method = {m: {k: v for k, v in o.items() if k not in settings}
-                for m, o in suite.method_overrides.items()}
-  return dataclasses.replace(suite, overrides={**suite.overrides, **settings},
-                             method_overrides=per_method)
+  return dataclasses.replace(suite, settings={**suite.settings, **settings})
 
 
-def parse_setting(text: str):
-  """'data.image_size=32' -> ("data.image_size", 32); values are Python
-  literals (numbers, booleans, tuples, quoted strings) or else plain strings."""
-  key, sep, value = text.partition("=")
-  key = key.strip()
-  if not sep or not key or " " in key:
-    raise ValueError(f"--set {text!r}: expected key=value, e.g. "
-                     "data.image_size=32")
-  try:
-    return key, ast.literal_eval(value.strip())
-  except (ValueError, SyntaxError):
-    return key, value.strip()
-
-
-def _set(c: ml_collections.ConfigDict, key: str, value, *, strict: bool):
-  node = c
-  *path, last = key.split(".")
-  for p in path:
-    if p not in node:
-      if strict:
-        raise KeyError(f"override {key}: the config has no {p!r}")
-      return
-    node = node[p]
-  if last not in node and not (path and path[-1] == "kwargs") and strict:
-    raise KeyError(f"override {key}: the config has no {last!r}")
-  node[last] = value
+def _has_section(c: ml_collections.ConfigDict, key: str) -> bool:
+  return key.split(".")[0] in c
 
 
 def method_config(suite: Suite, method: str, bits: int, seed: int,
                   stage_root: str, steps: Optional[int] = None
                   ) -> ml_collections.ConfigDict:
   """configs/<method>.py (suite variant) + the suite's overrides, locked."""
-  if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
   name, _, ablation = method.partition(":")
-  module = importlib.import_module(f"configs.{name}")
   arg = ",".join(t for t in (ablation, suite.variant) if t)
-  c = ml_collections.ConfigDict(module.get_config(arg or None).to_dict())
+  c = config_files.get_config(f"{name}:{arg}")
+  c = ml_collections.ConfigDict(c.to_dict())      # unlocked copy
   for k, v in suite.overrides.items():
-    _set(c, k, v, strict=k.split(".")[0] in c)
+    if _has_section(c, k):
+      config_overrides.set_value(c, k, v, f"suite {suite.name} override")
   for k, v in suite.method_overrides.get(method, {}).items():
-    _set(c, k, v, strict=True)
+    config_overrides.set_value(c, k, v, f"suite {suite.name} {method} override")
+  config_overrides.apply(
+      c, [(k, v) for k, v in suite.settings.items() if _has_section(c, k)],
+      "--set")
   if steps:
     c.train.num_steps = int(steps)
     if "ath" in c:
       c.ath.classifier.num_steps = int(steps)
   c.train.eval_every_steps = validation_cadence(c.train.num_steps,
                                                 c.train.eval_every_steps)
-  from configs import common  # pylint: disable=g-import-not-at-top
   if not c.data.root:
-    c.data.root = common.staged_data_root()
+    c.data.root = config_base.staged_data_root()
   c.num_bits = int(bits)
   c.seed = int(seed)
   c.eval.ks = KS
@@ -244,7 +224,7 @@ def method_config(suite: Suite, method: str, bits: int, seed: int,
   if "ath" in c:
     c.ath.stage_dir = os.path.join(stage_root, f"seed{seed}")
   if "multi_label" in c.loss.kwargs:  # follow the suite's dataset
-    c.loss.kwargs.multi_label = common.is_multi_label(c.data.name)
+    c.loss.kwargs.multi_label = config_base.is_multi_label(c.data.name)
   c.lock()
   return c
 

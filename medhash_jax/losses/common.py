@@ -19,6 +19,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def require(value, what: str, loss: str, hint: str = ""):
@@ -145,23 +146,31 @@ def sq_dists(x):
 
 def softmax_xent(logits, labels):
   """mean_i -sum_c t_ic log softmax(z_i)_c, t = y / sum_c y (multi-hot rows
-  become uniform targets over their labels)."""
+  become uniform targets over their labels); optax's cross-entropy."""
   z = jnp.asarray(logits, jnp.float32)
   y = as_multi_hot(labels, z.shape[-1])
   t = y / jnp.maximum(jnp.sum(y, axis=-1, keepdims=True), 1.0)
-  return jnp.mean(-jnp.sum(t * jax.nn.log_softmax(z, axis=-1), axis=-1))
+  return jnp.mean(optax.softmax_cross_entropy(z, t))
 
 
 def sigmoid_xent(logits, labels, label_mask=None):
-  """Mean over samples and classes of the binary cross-entropy with logits;
-  `label_mask` (B, C) leaves unknown labels out of the mean."""
+  """Mean over samples and classes of the binary cross-entropy with logits
+  (optax's); `label_mask` (B, C) leaves unknown labels out of the mean."""
   z = jnp.asarray(logits, jnp.float32)
   y = as_multi_hot(labels, z.shape[-1])
-  per = jnp.maximum(z, 0) - z * y + jnp.log1p(jnp.exp(-jnp.abs(z)))
+  per = optax.sigmoid_binary_cross_entropy(z, y)
   if label_mask is None:
     return jnp.mean(per)
   m = jnp.asarray(label_mask, jnp.float32)
   return jnp.sum(per * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def class_xent(logits, labels, label_mask=None, *, multi_label: bool):
+  """The class loss of a data set's kind: sigmoid BCE over the known labels
+  (multi-label) or softmax cross-entropy (one label per image)."""
+  if multi_label:
+    return sigmoid_xent(logits, labels, label_mask)
+  return softmax_xent(logits, labels)
 
 
 def is_power_of_two(n: int) -> bool:

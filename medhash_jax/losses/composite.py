@@ -5,11 +5,6 @@ from medhash_jax.losses import pairwise
 from medhash_jax.losses import quantization as quant_lib
 
 
-def _classification(logits, labels, multi_label):
-  return (common.sigmoid_xent(logits, labels) if multi_label
-          else common.softmax_xent(logits, labels))
-
-
 def sa_hash(*, codes, labels, logits=None, margin=None,
             regularization_weight: float = 0.01,
             classification_weight: float = 1.0, multi_label: bool = False):
@@ -35,7 +30,7 @@ def sa_hash(*, codes, labels, logits=None, margin=None,
   if classification_weight:
     common.require(logits, "logits", "sa_hash",
                    "the class head's output; or set classification_weight=0")
-    ce = _classification(logits, labels, multi_label)
+    ce = common.class_xent(logits, labels, multi_label=multi_label)
   else:
     ce = 0.0 * con
   loss = con + regularization_weight * reg + classification_weight * ce
@@ -79,8 +74,8 @@ def ath(*, codes, labels, logits=None, alpha: float = 0.1,
   if classification_weight:
     common.require(logits, "logits", "ath",
                    "the class head's output; or set classification_weight=0")
-    ce = (common.sigmoid_xent(logits, labels, label_mask) if multi_label
-          else common.softmax_xent(logits, labels))
+    ce = common.class_xent(logits, labels, label_mask,
+                           multi_label=multi_label)
   else:
     ce = 0.0 * lik
   return lik + classification_weight * ce, {"likelihood": lik,

@@ -106,15 +106,13 @@ def mth(*, codes, labels, features=None, logits=None, triplets=None,
   df_ap, df_an, _ = common.triplet_values(common.sq_dists(f), labels, triplets)
   h_feats = common.pair_mean(jnp.maximum(df_ap - df_an + delta, 0.0), mask)
   if semantic == "projection":
-    sem = (common.sigmoid_xent(code_logits, labels) if multi_label
-           else common.softmax_xent(code_logits, labels))
+    sem = common.class_xent(code_logits, labels, multi_label=multi_label)
   else:
     s = common.similarity(labels)
     pmask = common.off_diagonal(u.shape[0])
     sem = common.pair_mean((u @ u.T / k - (2.0 * s - 1.0)) ** 2, pmask)
   if category_weight:
-    cat = (common.sigmoid_xent(logits, labels) if multi_label
-           else common.softmax_xent(logits, labels))
+    cat = common.class_xent(logits, labels, multi_label=multi_label)
   else:
     cat = jnp.zeros((), jnp.float32)
   loss = sem + hierarchical_weight * (h_codes + h_feats) + category_weight * cat

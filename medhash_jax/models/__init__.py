@@ -12,7 +12,9 @@ local_image)`), "mth", "sa_hash" (ath_net.py, mth_net.py, sa_hash_net.py).
 
 Training: `model.apply(variables, x, train=True, beta=beta,
 mutable=["batch_stats"])`. Pretrained torchvision/timm weights:
-`models.convert.load_pretrained(path)`. See registry.py for every name.
+`models.convert.load_pretrained(path)`. See registry.py for every name;
+`models.model_spec(name)` says its kind (hashing / classifier), views and
+where pretrained backbone weights go.
 """
 
 from medhash_jax.models import attention
@@ -40,8 +42,9 @@ from medhash_jax.models.heads import beta_schedule
 from medhash_jax.models.heads import binarize
 from medhash_jax.models.heads import hashnet_beta
 from medhash_jax.models.registry import MODELS
-from medhash_jax.models.registry import TWO_VIEW
+from medhash_jax.models.registry import ModelSpec
 from medhash_jax.models.registry import get_model
 from medhash_jax.models.registry import is_hash_model
 from medhash_jax.models.registry import is_two_view
+from medhash_jax.models.registry import model_spec
 from medhash_jax.models.registry import pretrained_converter

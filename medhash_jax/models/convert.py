@@ -25,6 +25,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from absl import logging
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -183,16 +184,6 @@ def _set(tree: Dict[str, Any], path: Tuple[str, ...], value) -> None:
   tree[path[-1]] = value
 
 
-def _flat(tree, prefix=()) -> Dict[Tuple[str, ...], Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flat(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
 def adapt_input_conv(kernel: np.ndarray, in_channels: int) -> np.ndarray:
   """An RGB stem kernel (HWIO, I = 3) for `in_channels` inputs.
 
@@ -242,7 +233,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], *,
   expected = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), False))
   want = {(coll,) + path: tuple(leaf.shape) for coll in ("params", "batch_stats")
-          for path, leaf in _flat(dict(expected[coll])).items()}
+          for path, leaf in traverse_util.flatten_dict(
+              dict(expected[coll])).items()}
 
   got: Dict[Tuple[str, ...], np.ndarray] = {}
   stem_path = None

@@ -1,8 +1,12 @@
-"""Models by name: `get_model(name, **kwargs)` and the `MODELS` dict.
+"""Models by name: `get_model(name, **kwargs)` and the `MODELS` dict of
+`ModelSpec`s.
 
-Every entry is a builder with an explicit keyword signature (so a config's
+Every spec holds a builder with an explicit keyword signature (so a config's
 `model.kwargs` can be checked against it with `inspect.signature`) that
-returns a Flax linen module. Call conventions of the modules:
+returns a Flax linen module, and what the rest of the library needs to know
+about the model: its kind (a hash model or a classifier), how many views its
+apply takes, and where converted ImageNet backbone weights go. Call
+conventions of the modules:
 
   hash models ("resnet18", "resnet50", "densenet121", "mth", "sa_hash",
   "ath_two_branch"):
@@ -12,8 +16,8 @@ returns a Flax linen module. Call conventions of the modules:
   is the second argument, positional or keyword `local_image`:
       model.apply(variables, x, local_image, train=False, beta=1.0)
         -> the same dict plus "codes_global" / "codes_local"; K = K_g + K_l
-      (local_image=None uses x for both branches). `TWO_VIEW` lists them.
-  classifiers ("*_classifier"):
+      (local_image=None uses x for both branches); its spec has views=2.
+  classifiers (kind="classifier": "resnet18_classifier", ...):
       model.apply(variables, x, train=False)
         -> {"logits": (B, C), "features": (B, D)}
 
@@ -21,7 +25,8 @@ returns a Flax linen module. Call conventions of the modules:
 `mutable=["batch_stats"]` (and a "dropout" rng when dropout_rate > 0).
 """
 
-from typing import Any, Callable, Dict, Optional, Sequence
+import dataclasses
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 
@@ -222,32 +227,70 @@ def sa_hash(*, num_bits: int, num_classes: int = 0, backbone: str = "resnet50",
                    hash_activation=hash_activation, dtype=dtype)
 
 
-MODELS: Dict[str, Callable[..., nn.Module]] = {
-    "resnet18": resnet18,
-    "resnet50": resnet50,
-    "densenet121": densenet121,
-    "resnet18_classifier": resnet18_classifier,
-    "resnet50_classifier": resnet50_classifier,
-    "densenet121_classifier": densenet121_classifier,
-    "ath_two_branch": ath_two_branch,
-    "mth": mth,
-    "sa_hash": sa_hash,
+HASHING, CLASSIFIER = "hashing", "classifier"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A registered model.
+
+  Attributes:
+    build: keyword-only builder -> flax module (its signature is what
+      `model.kwargs` is checked against).
+    kind: HASHING (output holds "codes_real") or CLASSIFIER (logits and
+      features only; ATH's stage 1).
+    views: 1, or 2 for models whose apply takes (image, local_image).
+    pretrained_prefixes: where a converted ImageNet backbone goes in the
+      model's variables (both ATH branches start from it); () for a model
+      without one (MTH has no stem: its init_from is an orbax checkpoint).
+  """
+  build: Callable[..., nn.Module]
+  kind: str = HASHING
+  views: int = 1
+  pretrained_prefixes: Tuple[str, ...] = ("backbone",)
+
+  def __post_init__(self):
+    if self.kind not in (HASHING, CLASSIFIER):
+      raise ValueError(f"ModelSpec kind must be {HASHING!r} or "
+                       f"{CLASSIFIER!r}, got {self.kind!r}")
+    if self.views not in (1, 2):
+      raise ValueError(f"ModelSpec views must be 1 or 2, got {self.views!r}")
+
+
+MODELS: Dict[str, ModelSpec] = {
+    "resnet18": ModelSpec(resnet18),
+    "resnet50": ModelSpec(resnet50),
+    "densenet121": ModelSpec(densenet121),
+    "resnet18_classifier": ModelSpec(resnet18_classifier, kind=CLASSIFIER),
+    "resnet50_classifier": ModelSpec(resnet50_classifier, kind=CLASSIFIER),
+    "densenet121_classifier": ModelSpec(densenet121_classifier,
+                                        kind=CLASSIFIER),
+    "ath_two_branch": ModelSpec(
+        ath_two_branch, views=2,
+        pretrained_prefixes=("global_backbone", "local_backbone")),
+    "mth": ModelSpec(mth, pretrained_prefixes=()),
+    "sa_hash": ModelSpec(sa_hash),
 }
 
-# Models whose apply takes the local view (`local_image`) as well.
-TWO_VIEW = ("ath_two_branch",)
 
-# Where a converted ImageNet backbone goes in each model's variables (every
-# other model keeps it under "backbone"): both ATH branches start from it.
-PRETRAINED_PREFIXES = {"ath_two_branch": ("global_backbone", "local_backbone")}
+def model_spec(name: str) -> ModelSpec:
+  """The spec of the registered model `name`; unknown names list the known."""
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; valid names: "
+                     f"{', '.join(sorted(MODELS))}")
+  return MODELS[name]
 
 
-def pretrained_converter(name: str, **kwargs) -> Callable[[str], Dict[str, Any]]:
+def pretrained_converter(name: str, **kwargs
+                         ) -> Optional[Callable[[str], Dict[str, Any]]]:
   """`path -> variables` for `config.init_from` with a torchvision/timm file:
   the converted backbone under every prefix the model `name` has (kwargs go
-  to `convert.convert_state_dict`, e.g. in_channels=1)."""
+  to `convert.convert_state_dict`, e.g. in_channels=1); None for a model
+  with no backbone to fill (a file init_from is then refused, naming it)."""
   from medhash_jax.models import convert  # pylint: disable=g-import-not-at-top
-  prefixes = PRETRAINED_PREFIXES.get(name, ("backbone",))
+  prefixes = model_spec(name).pretrained_prefixes
+  if not prefixes:
+    return None
 
   def load(path: str) -> Dict[str, Any]:
     sd = convert.load_state_dict(path)
@@ -263,17 +306,14 @@ def pretrained_converter(name: str, **kwargs) -> Callable[[str], Dict[str, Any]]
 
 def get_model(name: str, **kwargs) -> nn.Module:
   """Builds the registered model `name` with `kwargs` (see the builders)."""
-  if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}; valid names: "
-                     f"{', '.join(sorted(MODELS))}")
-  return MODELS[name](**kwargs)
+  return model_spec(name).build(**kwargs)
 
 
 def is_two_view(name: str) -> bool:
   """True for entries that take (image, local_image)."""
-  return name in TWO_VIEW
+  return name in MODELS and MODELS[name].views == 2
 
 
 def is_hash_model(name: str) -> bool:
   """True for entries whose output holds "codes_real"."""
-  return name in MODELS and not name.endswith("_classifier")
+  return name in MODELS and MODELS[name].kind == HASHING

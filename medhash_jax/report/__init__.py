@@ -1,6 +1,7 @@
-"""Reporting: results tables (Markdown + CSV), PR curves and retrieval
-galleries as PNG (PIL only). Grad-CAM overlays live in :mod:`medhash_jax.cam`.
-numpy + PIL only: no jax import, so reports can be re-rendered anywhere.
+"""Reporting: results tables (Markdown + CSV), PR curves (matplotlib, Agg)
+and retrieval galleries (PIL) as PNG. Grad-CAM overlays live in
+:mod:`medhash_jax.cam`. numpy, PIL and matplotlib only: no jax import, so
+reports can be re-rendered anywhere.
 """
 
 from medhash_jax.report.curves import PlotArea, plot_area, plot_pr_curves

@@ -1,14 +1,14 @@
 """The C++ Hamming top-k / histogram kernels as XLA FFI targets on the CPU.
 
-The kernels live in `csrc/hamming_topk.cc` (see its header comment for the
-algorithm). setup.py compiles them into the extension
+The kernels live in `csrc/` (see `csrc/hamming.h` for the algorithm and the
+files). setup.py compiles them into the extension
 `medhash_jax.retrieval._hamming_cpu`; it is loaded with ctypes (it is a plain
 shared library, not a Python module) and its handlers are registered with
 `jax.ffi.register_ffi_target`. When the extension is missing (an install
 without a compiler, or running from a source checkout that was never built),
 the source is compiled on the fly with the system C++ compiler into
 `~/.cache/medhash_jax/` (or `$MEDHASH_CACHE_DIR`), keyed by a hash of the
-source, the jaxlib version and the flags, and written atomically. When that
+sources, the jaxlib version and the flags, and written atomically. When that
 fails too, `available()` is False and one warning is logged; the dispatcher
 then falls back to the reference backend.
 
@@ -45,7 +45,7 @@ import jaxlib
 import numpy as np
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_SOURCE = os.path.join(_HERE, "csrc", "hamming_topk.cc")
+_CSRC = os.path.join(_HERE, "csrc")
 _EXT_NAME = "_hamming_cpu"
 _TOPK_TARGET = "medhash_hamming_topk"
 _HISTOGRAM_TARGET = "medhash_hamming_histogram"
@@ -84,16 +84,19 @@ def _compiler():
 
 def _compile_on_the_fly() -> str:
   """Compiles the kernel into the user cache; returns the library path."""
-  if not os.path.isfile(_SOURCE):
-    raise RuntimeError(f"kernel source {_SOURCE} is missing")
+  sources = sorted(glob.glob(os.path.join(_CSRC, "*.cc")))
+  if not sources:
+    raise RuntimeError(f"kernel sources {_CSRC}/*.cc are missing")
   cxx = _compiler()
   if cxx is None:
     raise RuntimeError("no C++ compiler found (tried $CXX, c++, g++, clang++)")
   include = jax.ffi.include_dir()
-  with open(_SOURCE, "rb") as f:
-    source = f.read()
+  parts = []
+  for path in sources + sorted(glob.glob(os.path.join(_CSRC, "*.h"))):
+    with open(path, "rb") as f:
+      parts += [os.path.basename(path).encode(), f.read()]
   key = hashlib.sha256(b"\0".join([
-      source, jaxlib.__version__.encode(), " ".join(_CXX_FLAGS).encode(),
+      *parts, jaxlib.__version__.encode(), " ".join(_CXX_FLAGS).encode(),
       cxx.encode()
   ])).hexdigest()[:16]
   out_dir = _cache_dir()
@@ -104,7 +107,7 @@ def _compile_on_the_fly() -> str:
   fd, tmp = tempfile.mkstemp(prefix=f".{_EXT_NAME}-", suffix=".so",
                              dir=out_dir)
   os.close(fd)
-  cmd = [cxx, *_CXX_FLAGS, "-I", include, _SOURCE, "-o", tmp, "-lpthread"]
+  cmd = [cxx, *_CXX_FLAGS, "-I", include, *sources, "-o", tmp, "-lpthread"]
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           check=False)

@@ -1,7 +1,7 @@
 """The kernel layout of a code database, built and read in numpy.
 
 `HammingIndex` stores its codes in the layout the C++ kernel scans
-(csrc/hamming_topk.cc, `DbLayout`), so that a search reads them in place: no
+(csrc/hamming.h, `DbLayout`), so that a search reads them in place: no
 per-search transposition, and the layout can be memory-mapped from a file.
 
 Layout: codes of B = ceil(K / 8) bytes (faiss's code size) in blocks of 16;

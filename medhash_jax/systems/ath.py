@@ -518,11 +518,7 @@ class FileLocalViews:
     sdir = stage_dir(config, workdir)
     model, variables, record = classifier_lib.load_for_inference(
         os.path.join(sdir, "classifier"))
-    multi_label = None
-    stages = os.path.join(workdir, STAGES_FILE)
-    if os.path.exists(stages):
-      with open(stages, encoding="utf-8") as f:
-        multi_label = json.load(f).get("multi_label")
+    multi_label = (read_stages(workdir) or {}).get("multi_label")
     if multi_label is None:  # no stage record: the config's own setting
       multi_label = bool(config.loss.kwargs.get("multi_label", False))
     self.mode = str(config[SECTION].cam.modes.query)
@@ -566,11 +562,6 @@ class FileLocalViews:
     return out
 
 
-def file_local_views(config, workdir: str, batch_size: int = 32):
-  """FileLocalViews for an ATH config, None for single-view systems."""
-  return FileLocalViews(config, workdir, batch_size) if is_ath(config) else None
-
-
 def _share_split(src_dir: str, workdir: str):
   """Copies the stage folder's split files into the workdir, so stage 3 uses
   the very split its masks were made for (the data layer re-checks it)."""
@@ -582,3 +573,98 @@ def _share_split(src_dir: str, workdir: str):
   for name in os.listdir(src):
     if not os.path.exists(os.path.join(dst, name)):
       shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+
+
+# ---------------------------------------------------------------------------
+# The system interface (systems/system.py)
+# ---------------------------------------------------------------------------
+
+
+def read_stages(workdir: str) -> Optional[Dict[str, Any]]:
+  """The run's stage record (`ath_stages.json`), None before stage 3."""
+  path = os.path.join(workdir, STAGES_FILE)
+  if not os.path.exists(path):
+    return None
+  from medhash_jax.train import fit as fit_lib  # pylint: disable=g-import-not-at-top
+  return fit_lib.read_json(path, "training the run again (same --workdir) "
+                           "rewrites it")
+
+
+def attention_record(stages: Dict[str, Any]) -> Dict[str, Any]:
+  """What the attention did in one run: the CAM grid, the classifier's val
+  accuracy, per split the mask area (mean share of the image) and fallbacks
+  (empty masks: the local view is the full image), and the localisation
+  metrics where the data set has boxes."""
+  masks = stages.get("masks", {})
+  camd = stages.get("cam") or {}
+  return {"cam_layer": camd.get("layer", ""), "cam_grid": camd.get("grid"),
+          "cam_image_size": camd.get("image_size"),
+          "classifier_val_accuracy": (
+              (stages.get("classifier", {}).get("val") or {}).get("accuracy")),
+          "mask_area": {k: v.get("mask_area", v.get("foreground"))
+                        for k, v in masks.items()},
+          "fallbacks": {k: v.get("fallbacks", v.get("empty"))
+                        for k, v in masks.items()},
+          "counts": {k: v.get("count") for k, v in masks.items()},
+          "boxes": camd.get("boxes", ""),
+          "localization": stages.get("localization")}
+
+
+def record_inference(config, workdir: str, multi_label: Optional[bool]):
+  """Adds what query-time Grad-CAM needs to the run's inference.json (the
+  stage-3 config has no `ath` section): the classifier's folder (relative
+  when inside the workdir), the query class mode, the mask margin."""
+  from medhash_jax.train import run_files  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return
+  cls_dir = os.path.join(stage_dir(config, workdir), "classifier")
+  rel = os.path.relpath(cls_dir, os.path.abspath(workdir))
+  run_files.update_record(workdir, ath={
+      "classifier_dir": cls_dir if rel.startswith("..") else rel,
+      "cam_mode": str(config[SECTION].cam.modes.query),
+      # The block Grad-CAM reads ("" = the model's last feature map).
+      "cam_layer": cam_layer(config) or "",
+      "mask_margin": float(config.data.mask_margin),
+      "multi_label": bool(multi_label if multi_label is not None else
+                          config.loss.kwargs.get("multi_label", False))})
+
+
+class AthSystem:
+  """ATH-GradCAM as a `systems.System`: classifier -> masks -> hashing."""
+
+  name = "ath"
+
+  def train_and_evaluate(self, config, workdir: str, **kwargs
+                         ) -> Dict[str, Any]:
+    results = train_and_evaluate(config, workdir, **kwargs)
+    record_inference(config, workdir,
+                     results.get("stages", {}).get("multi_label"))
+    return results
+
+  def inference_config(self, config, workdir: str):
+    """Stage 3's config, with the data set's kind as the stages found it."""
+    stages = read_stages(workdir) or {}
+    return hash_config(config, workdir, multi_label=stages.get("multi_label"))
+
+  def local_views(self, config, workdir: str, batch_size: int = 32):
+    return FileLocalViews(config, workdir, batch_size)
+
+  def train_seconds(self, results: Dict[str, Any], workdir: str
+                    ) -> Optional[float]:
+    """Classifier + masks + hash training, each as first measured."""
+    stages = read_stages(workdir) or {}
+    return stages.get("total_train_seconds", results["train"].get("seconds"))
+
+  def report_extras(self, workdir: str) -> Dict[str, Any]:
+    stages = read_stages(workdir)
+    return {} if stages is None else {"ath_attention": attention_record(stages)}
+
+  def query_overlays(self, workdir: str, query_ids) -> Optional[list]:
+    """The Grad-CAM overlays stage 2 wrote of these queries (all or None)."""
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    ov_dir = os.path.join(workdir, "gradcam", "overlay")
+    files = [os.path.join(ov_dir, mask_crop.mask_key(str(i)) + ".png")
+             for i in query_ids]
+    if not files or not all(os.path.exists(f) for f in files):
+      return None
+    return [np.asarray(Image.open(f).convert("RGB")) for f in files]

@@ -1,16 +1,16 @@
-"""A plain image classifier trained with the trainer's parts (ATH stage 1).
+"""ATH stage 1: a plain image classifier, trained by the one loop.
 
-`train.train_and_evaluate` trains hash models only (its config validation
-rejects classifiers and its objective reads "codes_real"), so the classifier
-stage reuses the pieces below it instead: the mesh, `optim.build_optimizer`,
-`state.create_train_state`, the jitted `step.make_train_step` and the orbax
-`checkpoint.Checkpointer` (state + grain iterator), with its own objective:
+The task (objective, prediction, accuracy) is `train.classification.
+ClassifierTask`; this module builds it from the `ath.classifier` section
+(model, optimizer, batch size, image size) and hands it to `train.fit.fit`,
+which brings the metric writer ({stage_dir}/metrics.jsonl, tensorboard/),
+NaN reports naming the last good checkpoint, checkpoints of state + data
+iterator, SIGTERM handling (status 75, resumable) and multi-process
+evaluation. The checkpoint folder carries a run record (`run_record`)
+instead of a config.
 
-  multi-label data:  sigmoid BCE averaged over the known labels (label_mask)
-  single-label data: softmax cross-entropy
-
-A finished run (checkpoint at `num_steps`) is reused as is; an interrupted one
-resumes from its latest checkpoint.
+A finished run (checkpoint at `num_steps` and classifier.json) is reused as
+is; an interrupted one resumes from its latest checkpoint.
 """
 
 import json
@@ -20,19 +20,16 @@ from typing import Any, Dict, Optional
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from medhash_jax import data as data_lib
 from medhash_jax import models
 from medhash_jax.train import checkpoint as ckpt_lib
+from medhash_jax.train import classification
 from medhash_jax.train import defaults as defaults_lib
+from medhash_jax.train import fit as fit_lib
 from medhash_jax.train import mesh as mesh_lib
-from medhash_jax.train import optim as optim_lib
-from medhash_jax.train import state as state_lib
-from medhash_jax.train import step as step_lib
-from medhash_jax.train import task as task_lib
+from medhash_jax.train import writers as writers_lib
 
 METRICS_FILE = "classifier.json"
 
@@ -62,47 +59,44 @@ class Classifier:
     self.step = step
     self.metrics = metrics
 
-  def logits_fn(self):
-    return jax.jit(lambda v, x: self.model.apply(v, x, train=False)["logits"])
 
+class _Stage1:
+  """What `fit` trains (a `fit.Trainable`): the classifier's mesh, data,
+  task, optimizer, state and checkpointer, restored when a checkpoint
+  exists."""
 
-def _objective(model, multi_label: bool):
-  def objective(params, batch_stats, batch, rng, step):
-    del step
-    variables = {"params": params}
-    if batch_stats:
-      variables["batch_stats"] = batch_stats
-    out, updates = model.apply(variables, batch["image"], train=True,
-                               rngs={"dropout": rng}, mutable=["batch_stats"])
-    loss = task_lib.classification_loss(
-        out["logits"], batch["labels"],
-        batch.get("label_mask", jnp.ones_like(batch["labels"])), multi_label)
-    return loss, ({"loss/class": loss},
-                  updates.get("batch_stats", batch_stats))
-  return objective
+  def __init__(self, config, cls_cfg, ds, stage_dir: str):
+    self.mesh = mesh_lib.make_mesh(config.num_devices or None)
+    mesh_lib.check_batch_size(int(cls_cfg.batch_size), self.mesh,
+                              "ath.classifier.batch_size")
+    self.ds = ds
+    model = models.get_model(cls_cfg.model, num_classes=ds.num_classes,
+                             dtype=config.model.dtype,
+                             **dict(cls_cfg.kwargs.to_dict()))
+    self.task = classification.ClassifierTask(model,
+                                              multi_label=ds.multi_label)
+    self.state, self.schedule = fit_lib.initial_state(
+        self.task, ds, self.mesh, optim_config(cls_cfg),
+        int(cls_cfg.num_steps), config.seed)
+    self.record = run_record(config, cls_cfg, ds)
+    self.ckpt = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"),
+                                      max_to_keep=1)
+    self.ckpt.check_or_write_config(self.record)
+    self.start = 0
+    if self.ckpt.latest_step() is not None:
+      restored, self.start = self.ckpt.restore(self.state.checkpoint_items(),
+                                               ds.train_iter)
+      self.state = self.state.replace_from_checkpoint(restored)
+      logging.info("classifier: restored step %d of %d from %s", self.start,
+                   int(cls_cfg.num_steps), self.ckpt.directory)
 
-
-def evaluate(logits_fn, variables, eval_ds, mesh, multi_label: bool
-             ) -> Dict[str, float]:
-  """Accuracy (single-label: top-1; multi-label: per-label at p > 0.5)."""
-  logits = np.zeros((eval_ds.size, 0), np.float32)
-  for batch in eval_ds:
-    out = np.asarray(logits_fn(variables, mesh_lib.shard_batch(
-        batch["image"], mesh)))
-    if logits.shape[1] == 0:
-      logits = np.zeros((eval_ds.size, out.shape[1]), np.float32)
-    keep = np.asarray(batch["valid"]) & (np.asarray(batch["index"]) >= 0)
-    logits[np.asarray(batch["index"])[keep]] = out[keep]
-  labels = eval_ds.labels
-  if multi_label:
-    acc = float(np.mean((logits > 0) == (labels > 0.5)))
-  else:
-    acc = float(np.mean(np.argmax(logits, 1) == np.argmax(labels, 1)))
-  return {"accuracy": acc, "count": int(eval_ds.size)}
+  def classifier(self, metrics) -> Classifier:
+    return Classifier(self.task.model, self.state.variables(), self.ds,
+                      self.mesh, int(self.state.step), metrics)
 
 
 def train_classifier(config, cls_cfg, workdir: str, stage_dir: str, *,
-                     ds=None) -> Classifier:
+                     ds=None, hooks=()) -> Classifier:
   """Trains (or reuses) the classifier of `cls_cfg` on `config.data`.
 
   Args:
@@ -113,84 +107,43 @@ def train_classifier(config, cls_cfg, workdir: str, stage_dir: str, *,
       `{workdir}/splits`, so every stage sees the same split.
     stage_dir: where the classifier's checkpoints and metrics go.
     ds: optional already built datasets (no masks) at the classifier's size.
+    hooks: `fit` hooks, hook(step, state) after every step (tests).
+
+  Raises:
+    preemption.TrainingInterrupted: stopped by a signal (checkpoint saved;
+      the same call resumes).
   """
   t0 = time.perf_counter()
-  mesh = mesh_lib.make_mesh(config.num_devices or None)
-  bs = int(cls_cfg.batch_size)
-  mesh_lib.check_batch_size(bs, mesh, "ath.classifier.batch_size")
   if ds is None:
-    ds = build_plain_datasets(config, workdir, bs,
+    ds = build_plain_datasets(config, workdir, int(cls_cfg.batch_size),
                               int(cls_cfg.image_size or config.data.image_size))
-  model = models.get_model(cls_cfg.model, num_classes=ds.num_classes,
-                           dtype=config.model.dtype,
-                           **dict(cls_cfg.kwargs.to_dict()))
-  example = mesh_lib.shard_batch({"image": ds.example_batch()["image"]}, mesh)
-  p_rng = jax.random.key(int(config.seed), impl="rbg")
-  variables = jax.jit(lambda x: model.init({"params": p_rng}, x, train=False),
-                      out_shardings=mesh_lib.replicated(mesh))(example["image"])
-  variables = dict(variables)
+  run = _Stage1(config, cls_cfg, ds, stage_dir)
   steps = int(cls_cfg.num_steps)
-  tx, schedule = optim_lib.build_optimizer(optim_config(cls_cfg),
-                                           variables["params"], steps)
-  state = state_lib.create_train_state(
-      apply_fn=model.apply, variables=variables, tx=tx,
-      rng=state_lib.root_key(config.seed), mesh=mesh)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"),
-                               max_to_keep=1)
-  record = run_record(config, cls_cfg, ds)
-  ckpt.check_or_write_config(record)
-  start = 0
-  if ckpt.latest_step() is not None:
-    restored, start = ckpt.restore(state.checkpoint_items(), ds.train_iter)
-    state = state.replace_from_checkpoint(restored)
-    logging.info("classifier: restored step %d of %d from %s", start, steps,
-                 ckpt.directory)
-  metrics_path = os.path.join(stage_dir, METRICS_FILE)
-  if start < steps:
-    train_step = step_lib.make_train_step(
-        _objective(model, ds.multi_label), schedule, mesh=mesh,
-        state_example=state)
-    root = jnp.array(state.rng)
-    log_every = max(1, int(cls_cfg.log_every_steps))
-    ckpt_every = int(cls_cfg.checkpoint_every_steps)
-    losses = []
-    try:
-      for step in range(start, steps):
-        batch = next(ds.train_iter)
-        sbatch = mesh_lib.shard_batch(
-            {k: batch[k] for k in ("image", "labels", "label_mask")}, mesh)
-        state, m = train_step(state, sbatch, root)
-        done = step + 1
-        if done % log_every == 0 or done == steps:
-          host = {k: float(v) for k, v in jax.device_get(m).items()}
-          step_lib.check_finite(host, done, None)
-          losses.append(host["loss"])
-          logging.info("classifier step %d/%d: loss %.4f, lr %.3g", done,
-                       steps, host["loss"], host["lr"])
-        if (ckpt_every > 0 and done % ckpt_every == 0) or done == steps:
-          ckpt.save(done, state.checkpoint_items(), ds.train_iter,
-                    force=done == steps)
-    finally:
-      ckpt.wait_until_finished()
-    seconds = time.perf_counter() - t0
-    variables = state.variables()
-    clf = Classifier(model, variables, ds, mesh, int(state.step), {})
-    val = evaluate(clf.logits_fn(), variables, ds.eval["val"], mesh,
-                   ds.multi_label)
-    clf.metrics = dict(record, step=int(state.step), val=val,
-                       seconds=seconds, resumed_from=start,
-                       final_loss=losses[-1] if losses else None)
-    if jax.process_index() == 0:
-      with open(metrics_path, "w", encoding="utf-8") as f:
-        json.dump(clf.metrics, f, indent=2)
-    logging.info("classifier: %d steps in %.1f s; val %s", steps - start,
-                 seconds, val)
-  else:
-    clf = Classifier(model, state.variables(), ds, mesh, int(state.step),
-                     load_metrics(stage_dir))
+  if run.start >= steps:
+    run.ckpt.close()
     logging.info("classifier: reusing the finished checkpoint (step %d) in %s",
-                 start, ckpt.directory)
-  ckpt.close()
+                 run.start, run.ckpt.directory)
+    return run.classifier(load_metrics(stage_dir))
+  writer = writers_lib.create_default_writer(stage_dir)
+  if run.start == 0:
+    writer.write_hparams(run.record)
+  try:
+    fitted = fit_lib.fit(
+        run, fit_lib.Cadence.of(cls_cfg), workdir, writer=writer, hooks=hooks,
+        evaluate=lambda v: run.task.evaluate(v, ds.eval["val"], run.mesh),
+        name="classifier")
+  finally:
+    writer.close()
+    run.ckpt.close()
+  run.state = fitted.state
+  seconds = time.perf_counter() - t0
+  clf = run.classifier(dict(
+      run.record, step=int(run.state.step), val=fitted.val, seconds=seconds,
+      resumed_from=run.start, final_loss=fitted.train_info["last_step_loss"]))
+  if jax.process_index() == 0:
+    fit_lib.write_json(os.path.join(stage_dir, METRICS_FILE), clf.metrics)
+  logging.info("classifier: %d steps in %.1f s; val %s", steps - run.start,
+               seconds, fitted.val)
   return clf
 
 

@@ -28,6 +28,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from absl import logging
+from flax import traverse_util
 import grain
 import jax
 import numpy as np
@@ -78,22 +79,20 @@ def sync_processes(name: str):
     multihost_utils.sync_global_devices(name)
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-  return out
+def _flatten(d: Mapping[str, Any]) -> Dict[str, Any]:
+  """Dotted keys; tuples as lists (as a config reads back from JSON)."""
+  return {k: list(v) if isinstance(v, tuple) else v
+          for k, v in traverse_util.flatten_dict(dict(d), sep=".").items()}
 
 
 # What may differ from a trained run's recorded config (classes of
-# `defaults.KEY_CLASSES`): on resume only operational keys; when evaluating,
-# encoding, searching or serving, training keys too (they shaped the
-# parameters, not what the codes mean).
-RESUME = (defaults.OPERATIONAL,)
-INFERENCE = (defaults.OPERATIONAL, defaults.TRAINING)
+# `defaults.KEY_CLASSES`): on resume only operational (and logistics) keys;
+# when evaluating, encoding, searching or serving, training keys too (they
+# shaped the parameters, not what the codes mean); when a suite reuses a
+# finished run, logistics keys only (they change nothing it computed).
+RESUME = (defaults.OPERATIONAL, defaults.LOGISTICS)
+INFERENCE = (defaults.OPERATIONAL, defaults.LOGISTICS, defaults.TRAINING)
+REUSE = (defaults.LOGISTICS,)
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], *,

@@ -1,8 +1,9 @@
 """The schema of a run config: every key the trainer reads, with its default.
 
-`configs/base.py` starts from `default_config()`; method configs override
-values only. `validation.validate_config` rejects any key that is not here
-(a typo would otherwise be ignored silently), except inside the free-form
+`medhash_jax/config/base.py` starts from `default_config()`; method configs
+(configs/<method>.py) override values only. `validation.validate_config`
+rejects any key that is not here (a typo would otherwise be ignored
+silently), except inside the free-form
 `model.kwargs` and `loss.kwargs`, which are checked against the signatures of
 the registered model and loss.
 """
@@ -14,7 +15,7 @@ from medhash_jax import data as data_lib
 # Sub-dicts whose keys are free-form (validated against a signature instead).
 FREE_FORM = ("model.kwargs", "loss.kwargs")
 
-# Every key belongs to one of three classes, declared here and nowhere else
+# Every key belongs to one of four classes, declared here and nowhere else
 # (a key, or a prefix ending in "."; the longest match wins; unlisted keys
 # are MODEL keys):
 #   MODEL        what the codes mean: architecture, code length, the data, its
@@ -22,10 +23,15 @@ FREE_FORM = ("model.kwargs", "loss.kwargs")
 #   TRAINING     how the parameters were fitted (loss, optimizer, batches,
 #                augmentation, seed). Fixed on resume; irrelevant once trained,
 #                so evaluate/encode/search/serve accept any value.
-#   OPERATIONAL  where files are, how long and how often, how many workers,
-#                evaluation batch sizes and report cut-offs: free to change on
-#                resume and at inference.
-MODEL, TRAINING, OPERATIONAL = "model", "training", "operational"
+#   OPERATIONAL  how long, evaluation batch sizes and report cut-offs, the
+#                device count, where to start from: free to change on resume
+#                and at inference, but a finished run trained under other
+#                values computed other numbers (the suites retrain it).
+#   LOGISTICS    operational keys that change nothing a run computes: where
+#                files are, logging and checkpoint cadence, reader threads.
+#                The only keys a suite ignores when it reuses a finished run.
+MODEL, TRAINING, OPERATIONAL, LOGISTICS = ("model", "training", "operational",
+                                           "logistics")
 KEY_CLASSES = {
     "seed": TRAINING,
     "model.beta.": TRAINING,      # tanh(beta z): sign, hence codes, unchanged
@@ -35,34 +41,34 @@ KEY_CLASSES = {
     "data.sampling": TRAINING,
     "data.augment.": TRAINING,
     "num_devices": OPERATIONAL,   # the batch is global
-    "resume": OPERATIONAL,
+    "resume": LOGISTICS,
     "init_from": OPERATIONAL,
-    # A longer run extends the schedule; the suites' reuse check still
-    # compares it (runner.REUSE_IGNORED_KEYS).
+    # A longer run extends the schedule (a suite retrains a shorter one).
     "train.num_steps": OPERATIONAL,
-    "train.log_every_steps": OPERATIONAL,
-    "train.eval_every_steps": OPERATIONAL,
-    "train.checkpoint_every_steps": OPERATIONAL,
-    "train.checkpoint_every_minutes": OPERATIONAL,
-    "train.log_every_seconds": OPERATIONAL,
-    "train.keep_checkpoints": OPERATIONAL,
+    "train.eval_every_steps": OPERATIONAL,   # which steps model selection saw
+    "train.log_every_steps": LOGISTICS,
+    "train.log_every_seconds": LOGISTICS,
+    "train.checkpoint_every_steps": LOGISTICS,
+    "train.checkpoint_every_minutes": LOGISTICS,
+    "train.keep_checkpoints": LOGISTICS,
     "eval.": OPERATIONAL,
-    "data.root": OPERATIONAL,
-    "data.path": OPERATIONAL,
+    "data.root": LOGISTICS,
+    "data.path": LOGISTICS,
     "data.download": OPERATIONAL,
     "data.skip_bad": OPERATIONAL,
     "data.verify": OPERATIONAL,
     "data.mask_dir": OPERATIONAL,
     "data.eval_batch_size": OPERATIONAL,
-    "data.num_workers": OPERATIONAL,
-    "data.worker_buffer_size": OPERATIONAL,
-    "data.read_threads": OPERATIONAL,
-    "data.prefetch_buffer_size": OPERATIONAL,
+    "data.num_workers": LOGISTICS,
+    "data.worker_buffer_size": LOGISTICS,
+    "data.read_threads": LOGISTICS,
+    "data.prefetch_buffer_size": LOGISTICS,
 }
 
 
 def key_class(key: str) -> str:
-  """MODEL, TRAINING or OPERATIONAL for a dotted config key (see KEY_CLASSES)."""
+  """MODEL, TRAINING, OPERATIONAL or LOGISTICS for a dotted config key (see
+  KEY_CLASSES)."""
   best, best_len = MODEL, -1
   for name, cls in KEY_CLASSES.items():
     hit = key == name or (name.endswith(".") and key.startswith(name))

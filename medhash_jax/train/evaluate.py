@@ -19,6 +19,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from medhash_jax.data import rows as rows_lib
 from medhash_jax.train import mesh as mesh_lib
 
 
@@ -34,45 +35,38 @@ def make_encode_fn(encode: Callable[[Any, Dict[str, jax.Array]], jax.Array],
   return jax.jit(encode, out_shardings=mesh_lib.replicated(mesh))
 
 
-def encode_split(encode_fn, variables, eval_ds, mesh, *, input_keys: Sequence[str]
-                 ) -> Tuple[np.ndarray, float]:
-  """Codes float32 (size, K) of an EvalDataset, in split order.
+def map_split(fn, variables, eval_ds, mesh, *, input_keys: Sequence[str]
+              ) -> Tuple[np.ndarray, float]:
+  """`fn(variables, inputs)` over an EvalDataset's padded batches: float32
+  (size, ...) rows in split order (codes, logits, features).
+
+  Multi-process safe: each batch's output, positions and validity are
+  gathered from every process before rows are put in place.
 
   Returns:
     (codes, seconds per image), the timing taken over every batch after the
     first (which compiles); with a single batch it is re-run once for timing.
   """
-  codes = None
-  seen = np.zeros((eval_ds.size,), bool)
+  rows = rows_lib.SplitRows(eval_ds.size, f"split {eval_ds.name!r}",
+                           np.float32, what="output")
   timed_s, timed_n = 0.0, 0
   first = None
-  for i, batch in enumerate(eval_ds):
+  for batch in eval_ds:
     inputs = mesh_lib.shard_batch({k: batch[k] for k in input_keys}, mesh)
     t0 = time.perf_counter()
-    out = jax.block_until_ready(encode_fn(variables, inputs))
+    out = jax.block_until_ready(fn(variables, inputs))
     dt = time.perf_counter() - t0
-    out = _to_host(out).astype(np.float32)
-    index = _to_host(mesh_lib.shard_batch(batch["index"], mesh))
-    valid = _to_host(mesh_lib.shard_batch(batch["valid"], mesh))
-    if codes is None:
-      codes = np.zeros((eval_ds.size, out.shape[1]), np.float32)
+    if first is None:
       first = inputs
     else:
       timed_s += dt
       timed_n += out.shape[0]
-    keep = valid & (index >= 0)
-    codes[index[keep]] = out[keep]
-    seen[index[keep]] = True
-  if codes is None:
-    raise ValueError(f"split {eval_ds.name!r} produced no batches")
-  if not seen.all():
-    missing = np.flatnonzero(~seen)
-    raise ValueError(f"split {eval_ds.name!r}: {missing.size} images were not "
-                     f"encoded (skipped as bad records?), e.g. positions "
-                     f"{missing[:5].tolist()}")
+    rows.put(_to_host(out), _to_host(mesh_lib.shard_batch(batch["index"], mesh)),
+             _to_host(mesh_lib.shard_batch(batch["valid"], mesh)))
+  codes = rows.result()
   if timed_n == 0:
     t0 = time.perf_counter()
-    jax.block_until_ready(encode_fn(variables, first))
+    jax.block_until_ready(fn(variables, first))
     timed_s = time.perf_counter() - t0
     timed_n = eval_ds.global_batch_size
   return codes, timed_s / max(timed_n, 1)
@@ -89,10 +83,10 @@ def retrieval_metrics(query_codes, db_codes, query_labels, db_labels, *, ks,
 def evaluate_pair(encode_fn, variables, query_ds, db_ds, mesh, *, input_keys,
                   ks, report_fn, db_codes: Optional[np.ndarray] = None):
   """(metrics, query codes, db codes, encode s/image) for one query/db pair."""
-  q_codes, s_per_image = encode_split(encode_fn, variables, query_ds, mesh,
+  q_codes, s_per_image = map_split(encode_fn, variables, query_ds, mesh,
                                       input_keys=input_keys)
   if db_codes is None:
-    db_codes, _ = encode_split(encode_fn, variables, db_ds, mesh,
+    db_codes, _ = map_split(encode_fn, variables, db_ds, mesh,
                                input_keys=input_keys)
   metrics = retrieval_metrics(q_codes, db_codes, query_ds.labels, db_ds.labels,
                               ks=ks, report_fn=report_fn)

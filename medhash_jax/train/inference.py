@@ -49,6 +49,7 @@ import ml_collections
 import numpy as np
 
 from medhash_jax import data as data_lib
+from medhash_jax.config import overrides
 from medhash_jax.retrieval import HammingIndex
 from medhash_jax.train import checkpoint as ckpt_lib
 from medhash_jax.train import evaluate as eval_lib
@@ -141,7 +142,8 @@ def run_config(workdir: str, config: Optional[ml_collections.ConfigDict] = None,
     config: an optional full config (--config); refused where it differs
       from the run in a model key. Multi-stage (ATH) configs are mapped to
       their hashing stage first.
-    settings: (dotted key, value) pairs (--set) applied on top.
+    settings: (dotted key, value) pairs (--set) applied on top; text is
+      typed as `--config.key=text` would be (config/overrides.py).
 
   Raises:
     ConfigMismatchError: naming every model key that differs.
@@ -155,17 +157,7 @@ def run_config(workdir: str, config: Optional[ml_collections.ConfigDict] = None,
     wanted = systems.hash_config(config, workdir).to_dict()
   else:
     wanted = json.loads(json.dumps(saved))
-  c = ml_collections.ConfigDict(wanted)
-  for key, value in settings:
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      if p not in node:
-        raise KeyError(f"--set {key}: the config has no {p!r}")
-      node = node[p]
-    if last not in node:
-      raise KeyError(f"--set {key}: the config has no {last!r}")
-    node[last] = value
+  c = overrides.apply(ml_collections.ConfigDict(wanted), settings, "--set")
   ckpt_lib.check_config_compatible(saved, c.to_dict(), workdir,
                                    changeable=ckpt_lib.INFERENCE)
   c.lock()
@@ -209,7 +201,7 @@ def encode(config, workdir: str, *, input_spec: str = "", split: str = "database
     items, step = run.selected_variables()
     variables = run.variables_of(items)
     ds = run.ds.eval[split]
-    codes, _ = eval_lib.encode_split(run.encode_fn, variables, ds, run.mesh,
+    codes, _ = eval_lib.map_split(run.encode_fn, variables, ds, run.mesh,
                                      input_keys=run.task.input_keys)
     src = run.ds.source
     paths = (np.asarray(src.paths)[ds.indices] if hasattr(src, "paths")

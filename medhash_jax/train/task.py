@@ -22,15 +22,13 @@ negatives]; a loss that takes `triplets` gets the rows (i, b + i, 2b + i)
 sees the 3b images as a plain batch (pairs over all of them).
 """
 
-import inspect
 from typing import Any, Callable, Dict, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
-import optax
 
-from medhash_jax.train.validation import ConfigError
+from medhash_jax.config.errors import ConfigError
 
 
 def _models():
@@ -48,41 +46,10 @@ def _report_fn():
   return metrics.retrieval_report
 
 
-def check_loss_kwargs(name: str, loss_fn: Callable, kwargs: Dict[str, Any]):
-  """config.loss.kwargs must be hyper-parameters of the loss."""
-  hyper = getattr(loss_fn, "hyperparameters", None)
-  if hyper is None:
-    return
-  unknown = sorted(set(kwargs) - set(hyper))
-  if unknown:
-    raise ConfigError(f"loss.kwargs {unknown} are not hyper-parameters of "
-                      f"loss {name!r}; valid: {sorted(hyper)}")
-
-
-# Model arguments the trainer sets itself (not allowed in model.kwargs).
-TRAINER_MODEL_ARGS = ("num_bits", "num_classes", "dtype")
-
-
-def check_model_kwargs(name: str, builder: Callable, kwargs: Dict[str, Any]):
-  """config.model.kwargs must be arguments of the registered builder."""
-  params = inspect.signature(builder).parameters
-  taken = sorted(set(kwargs) & set(TRAINER_MODEL_ARGS))
-  if taken:
-    raise ConfigError(f"model.kwargs {taken} are set by the trainer (use "
-                      "num_bits / model.dtype / loss.classification_weight)")
-  unknown = sorted(k for k in kwargs if k not in params and k != "class_head")
-  if unknown:
-    raise ConfigError(f"model.kwargs {unknown} are not arguments of model "
-                      f"{name!r}; valid: {sorted(p for p in params if p not in TRAINER_MODEL_ARGS)}")
-
-
 def classification_loss(logits, labels, label_mask, multi_label: bool):
   """Sigmoid BCE (multi-label, masked) or softmax CE (one label per image)."""
-  if multi_label:
-    per = optax.sigmoid_binary_cross_entropy(logits, labels) * label_mask
-    return jnp.sum(per) / jnp.maximum(jnp.sum(label_mask), 1.0)
-  return jnp.mean(optax.softmax_cross_entropy(logits, labels / jnp.maximum(
-      jnp.sum(labels, -1, keepdims=True), 1.0)))
+  return _losses().common.class_xent(logits, labels, label_mask,
+                                     multi_label=multi_label)
 
 
 class Task:
@@ -104,7 +71,6 @@ class Task:
                             if hasattr(config.loss.kwargs, "to_dict")
                             else config.loss.kwargs)
     self._loss_inputs = set(getattr(loss_fn, "inputs", ()))
-    check_loss_kwargs(config.loss.name, loss_fn, self.loss_kwargs)
     beta = config.model.beta
     self.beta_fn = _models().beta_schedule(
         beta.schedule, init=beta.init, gamma=beta.gamma, power=beta.power,
@@ -230,7 +196,8 @@ def stack_triplet_views(batch: Dict[str, Any], input_keys) -> Dict[str, Any]:
 
 def build_task(config, *, num_classes: int, multi_label: bool,
                two_view: bool = False) -> Task:
-  """Model + loss from the registries; unknown names fail with the list."""
+  """Model + loss from the registries (the config passed `validate_config`,
+  which checks the names and kwargs); unknown names fail with the list."""
   models, losses = _models(), _losses()
   kwargs = dict(config.model.kwargs.to_dict()
                 if hasattr(config.model.kwargs, "to_dict") else

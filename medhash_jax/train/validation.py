@@ -1,15 +1,28 @@
-"""Config checks that run before anything is built (fail fast, say why)."""
+"""Config checks that run before anything is built (fail fast, say why).
 
-from typing import Any, Mapping
+`validate_config` is the one place a config is checked, `model.kwargs` and
+`loss.kwargs` against the registered signatures included; what builds the
+model and loss (`task.build_task`) relies on it. This module does not import
+`train/task.py` (nor it this one): both take `ConfigError` from
+`medhash_jax/config/errors.py`.
+"""
+
+import inspect
+from typing import Any, Callable, Dict, Mapping
 
 import ml_collections
 
+from medhash_jax.config.errors import ConfigError
 from medhash_jax.train import defaults
 from medhash_jax.train import optim as optim_lib
 
+__all__ = ["ConfigError", "check_loss_kwargs", "check_model_kwargs",
+           "unknown_keys", "validate_config"]
 
-class ConfigError(ValueError):
-  """A config that cannot describe a valid run."""
+# Model arguments the trainer sets itself (not allowed in model.kwargs).
+TRAINER_MODEL_ARGS = ("num_bits", "num_classes", "dtype")
+# model.kwargs the trainer reads itself (a class head without a class loss).
+TRAINER_MODEL_KWARGS = ("class_head",)
 
 
 def _keys(d: Mapping[str, Any], prefix: str = ""):
@@ -29,6 +42,32 @@ def unknown_keys(config) -> list:
 def _positive_int(value, name):
   if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
     raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_loss_kwargs(name: str, loss_fn: Callable, kwargs: Dict[str, Any]):
+  """config.loss.kwargs must be hyper-parameters of the loss."""
+  hyper = getattr(loss_fn, "hyperparameters", None)
+  if hyper is None:
+    return
+  unknown = sorted(set(kwargs) - set(hyper))
+  if unknown:
+    raise ConfigError(f"loss.kwargs {unknown} are not hyper-parameters of "
+                      f"loss {name!r}; valid: {sorted(hyper)}")
+
+
+def check_model_kwargs(name: str, builder: Callable, kwargs: Dict[str, Any]):
+  """config.model.kwargs must be arguments of the registered builder."""
+  params = inspect.signature(builder).parameters
+  taken = sorted(set(kwargs) & set(TRAINER_MODEL_ARGS))
+  if taken:
+    raise ConfigError(f"model.kwargs {taken} are set by the trainer (use "
+                      "num_bits / model.dtype / loss.classification_weight)")
+  unknown = sorted(k for k in kwargs
+                   if k not in params and k not in TRAINER_MODEL_KWARGS)
+  if unknown:
+    valid = sorted(p for p in params if p not in TRAINER_MODEL_ARGS)
+    raise ConfigError(f"model.kwargs {unknown} are not arguments of model "
+                      f"{name!r}; valid: {valid}")
 
 
 def validate_config(config) -> None:
@@ -89,14 +128,14 @@ def validate_config(config) -> None:
                       "without a hash layer; use one of "
                       f"{sorted(n for n in models.MODELS if models.is_hash_model(n))}")
   from medhash_jax import losses  # pylint: disable=g-import-not-at-top
-  from medhash_jax.train import task as task_lib  # pylint: disable=g-import-not-at-top
-  task_lib.check_model_kwargs(config.model.name, models.MODELS[config.model.name],
-                              config.model.kwargs.to_dict())
+  check_model_kwargs(config.model.name,
+                     models.model_spec(config.model.name).build,
+                     config.model.kwargs.to_dict())
   if config.loss.name not in losses.LOSSES:
     raise ConfigError(f"unknown loss.name {config.loss.name!r}; known: "
                       f"{sorted(losses.LOSSES)}")
-  task_lib.check_loss_kwargs(config.loss.name, losses.LOSSES[config.loss.name],
-                             config.loss.kwargs.to_dict())
+  check_loss_kwargs(config.loss.name, losses.LOSSES[config.loss.name],
+                    config.loss.kwargs.to_dict())
   names = data_lib.source_names()
   if config.data.name not in names:
     raise ConfigError(f"unknown data.name {config.data.name!r}; known: "

@@ -1,23 +1,24 @@
 """Metric writers: absl log lines, JSONL and TensorBoard event files.
 
-clu.metric_writers would pull in TensorFlow, so the TensorBoard writer here is
-self-contained: an event file is a TFRecord stream of `Event` protobufs, and
-the two messages needed for scalars (Event, Summary.Value.simple_value) are
-encoded by hand below (about 40 lines). tensorboardX is used instead when it is
-installed. Only process 0 writes files; other processes get a no-op writer.
+clu.metric_writers would pull in TensorFlow; tensorboardX writes the same
+event files without it. Only process 0 writes files; other processes get a
+no-op writer. Also the one dict flattener (`flatten`) and the run logs'
+filter for library chatter (`quiet_library_logs`).
 """
 
 import json
+import logging as logging_lib
 import math
 import os
-import socket
-import struct
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from absl import logging
+from flax import traverse_util
 import jax
 import numpy as np
+import tensorboardX
+from tensorboardX import summary as tb_summary
 
 Scalars = Mapping[str, Any]
 
@@ -83,131 +84,38 @@ class JsonlWriter(MetricWriter):
       self._f.close()
 
 
-# -- TensorBoard event files without TensorFlow -------------------------------
-
-def _crc32c_table():
-  table = []
-  for i in range(256):
-    c = i
-    for _ in range(8):
-      c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-    table.append(c)
-  return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-  c = 0xFFFFFFFF
-  for b in data:
-    c = _CRC_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
-  return c ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-  c = crc32c(data)
-  return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(n: int) -> bytes:
-  out = bytearray()
-  n &= (1 << 64) - 1
-  while True:
-    b = n & 0x7F
-    n >>= 7
-    if n:
-      out.append(b | 0x80)
-    else:
-      out.append(b)
-      return bytes(out)
-
-
-def _len_field(field: int, payload: bytes) -> bytes:
-  return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
-def encode_event(wall_time: float, step: int = 0,
-                 file_version: Optional[str] = None,
-                 scalars: Optional[Scalars] = None) -> bytes:
-  """tensorflow.Event protobuf bytes (wall_time=1, step=2, file_version=3,
-  summary=5; Summary.value=1; Value.tag=1, Value.simple_value=2)."""
-  msg = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
-  if file_version is not None:
-    msg += _len_field(3, file_version.encode())
-  if scalars:
-    summary = b"".join(
-        _len_field(1, _len_field(1, k.encode()) + b"\x15" +
-                   struct.pack("<f", _to_float(v)))
-        for k, v in scalars.items())
-    msg += _len_field(5, summary)
-  return msg
-
-
-def tfrecord(data: bytes) -> bytes:
-  header = struct.pack("<Q", len(data))
-  return (header + struct.pack("<I", _masked_crc(header)) + data +
-          struct.pack("<I", _masked_crc(data)))
-
-
-def read_tfrecords(path: str) -> list:
-  """Record payloads of a TFRecord file, checking both CRCs (for tests)."""
-  out = []
-  with open(path, "rb") as f:
-    data = f.read()
-  pos = 0
-  while pos < len(data):
-    header = data[pos:pos + 8]
-    (length,) = struct.unpack("<Q", header)
-    (hcrc,) = struct.unpack("<I", data[pos + 8:pos + 12])
-    payload = data[pos + 12:pos + 12 + length]
-    (dcrc,) = struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])
-    if hcrc != _masked_crc(header) or dcrc != _masked_crc(payload):
-      raise ValueError(f"{path}: CRC mismatch in the record at byte {pos}")
-    out.append(payload)
-    pos += 16 + length
-  return out
-
-
 class TensorBoardWriter(MetricWriter):
-  """Scalars to `{logdir}/events.out.tfevents.*`, readable by TensorBoard."""
+  """Scalars and hparams to `{logdir}/events.out.tfevents.*` (tensorboardX:
+  TensorBoard's file format without TensorFlow).
+
+  Hparams go to the same run (tensorboardX's `add_hparams` would open a sub-
+  run per call): a nested config is flattened to `a.b` keys, values other
+  than bool/int/float/str written as their repr. The session-end record is
+  written at close, so a run killed mid-way shows as unfinished.
+  """
 
   def __init__(self, logdir: str):
-    os.makedirs(logdir, exist_ok=True)
-    name = (f"events.out.tfevents.{int(time.time())}."
-            f"{socket.gethostname()}.{os.getpid()}")
-    self.path = os.path.join(logdir, name)
-    self._f = open(self.path, "ab")
-    self._f.write(tfrecord(encode_event(time.time(),
-                                        file_version="brain.Event:2")))
-
-  def write_scalars(self, step, scalars):
-    if scalars:
-      self._f.write(tfrecord(encode_event(time.time(), int(step),
-                                          scalars=scalars)))
-
-  def flush(self):
-    self._f.flush()
-
-  def close(self):
-    if not self._f.closed:
-      self._f.close()
-
-
-class _TensorBoardXWriter(MetricWriter):
-
-  def __init__(self, logdir: str):
-    import tensorboardX  # pylint: disable=g-import-not-at-top
     self._w = tensorboardX.SummaryWriter(logdir)
+    self._session_end = None
 
   def write_scalars(self, step, scalars):
     for k, v in scalars.items():
       self._w.add_scalar(k, _to_float(v), int(step))
 
+  def write_hparams(self, hparams):
+    flat = {k: v if isinstance(v, (bool, int, float, str)) else repr(v)
+            for k, v in flatten(hparams, sep=".").items()}
+    experiment, start, self._session_end = tb_summary.hparams(flat, {})
+    for summary in (experiment, start):
+      self._w.file_writer.add_summary(summary)
+
   def flush(self):
     self._w.flush()
 
   def close(self):
+    if self._session_end is not None:
+      self._w.file_writer.add_summary(self._session_end)
+      self._session_end = None
     self._w.close()
 
 
@@ -233,13 +141,6 @@ class MultiWriter(MetricWriter):
       w.close()
 
 
-def tensorboard_writer(logdir: str) -> MetricWriter:
-  try:
-    return _TensorBoardXWriter(logdir)
-  except ImportError:
-    return TensorBoardWriter(logdir)
-
-
 def create_default_writer(workdir: Optional[str], *, tensorboard: bool = True,
                           log: bool = False, prefix: str = "") -> MetricWriter:
   """`{workdir}/metrics.jsonl` + `{workdir}/tensorboard/` on process 0 (and
@@ -249,17 +150,27 @@ def create_default_writer(workdir: Optional[str], *, tensorboard: bool = True,
   if workdir and jax.process_index() == 0:
     writers.append(JsonlWriter(os.path.join(workdir, "metrics.jsonl")))
     if tensorboard:
-      writers.append(tensorboard_writer(os.path.join(workdir, "tensorboard")))
+      writers.append(TensorBoardWriter(os.path.join(workdir, "tensorboard")))
   return MultiWriter(writers)
 
 
-def flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a/b': 1}."""
-  out = {}
-  for k, v in d.items():
-    name = f"{prefix}{k}"
-    if isinstance(v, Mapping):
-      out.update(flatten(v, name + "/"))
-    else:
-      out[name] = v
-  return out
+def flatten(d: Mapping[str, Any], sep: Optional[str] = "/") -> Dict[Any, Any]:
+  """{'a': {'b': 1}} -> {'a/b': 1}; tuple keys ('a', 'b') with sep=None.
+
+  flax's flatten_dict, the project's one flattener: nested dicts and
+  FrozenDicts are descended, empty ones vanish, anything else is a leaf.
+  """
+  return traverse_util.flatten_dict(dict(d), sep=sep)
+
+
+class _QuietLibraries(logging_lib.Filter):
+  """Keeps orbax's per-save INFO chatter out of a run log (warnings stay)."""
+
+  def filter(self, record):
+    return (record.levelno >= logging_lib.WARNING or
+            "/orbax/" not in record.pathname)
+
+
+def quiet_library_logs() -> None:
+  """Installs the filter above on absl's log handler (the CLIs call it)."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())

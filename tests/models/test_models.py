@@ -19,7 +19,7 @@ B, S, K, C = 2, 28, 16, 3
 
 def _tiny_kwargs(name, **extra):
   """Small widths so every entry runs in well under a second, eagerly."""
-  sig = inspect.signature(models.MODELS[name]).parameters
+  sig = inspect.signature(models.MODELS[name].build).parameters
   kw = dict(num_bits=K, num_classes=C, small_input=True)
   if "width" in sig:
     kw["width"] = 8
@@ -49,14 +49,47 @@ def test_every_registered_model_runs(name):
   out = _apply(model, v, x)  # eval mode
   assert out["logits"].shape == (B, C) and out["logits"].dtype == jnp.float32
   assert out["features"].ndim == 2 and out["features"].shape[0] == B
-  if models.is_hash_model(name):
+  spec = models.model_spec(name)
+  assert models.is_hash_model(name) == (spec.kind == "hashing")
+  if spec.kind == "hashing":
     codes = out["codes_real"]
     assert codes.shape == (B, K) and codes.dtype == jnp.float32
     assert bool(jnp.all(jnp.abs(codes) <= 1.0))
   else:
-    assert "codes_real" not in out
+    assert spec.kind == "classifier" and "codes_real" not in out
   for leaf in jax.tree.leaves(out):
     assert bool(jnp.all(jnp.isfinite(leaf)))
+  # Where the converter puts ImageNet weights exists in the model.
+  for prefix in spec.pretrained_prefixes:
+    assert prefix in v["params"], (name, prefix, sorted(v["params"]))
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_spec_views_match_the_apply_signature(name):
+  """views=2: a second image changes the output (the local branch reads it;
+  features, since the fake weights saturate tanh codes); views=1: a second
+  positional image is refused (it lands on `train`: TypeError or, for an
+  array there, ValueError)."""
+  model = models.get_model(name, **_tiny_kwargs(name))
+  x, local = _images(0), _images(1)
+  v = fake_variables(model, x)
+  assert models.is_two_view(name) == (models.model_spec(name).views == 2)
+  if models.model_spec(name).views == 2:
+    one = _apply(model, v, x)["features"]
+    two = jax.jit(lambda v, x, l: model.apply(v, x, l))(v, x, local)
+    assert not np.allclose(np.asarray(one), np.asarray(two["features"]))
+  else:
+    with pytest.raises((TypeError, ValueError)):
+      model.apply(v, x, local)
+
+
+def test_model_spec_refuses_unknown_kind_and_views():
+  with pytest.raises(ValueError, match="kind"):
+    models.ModelSpec(models.MODELS["resnet18"].build, kind="hash")
+  with pytest.raises(ValueError, match="views"):
+    models.ModelSpec(models.MODELS["resnet18"].build, views=3)
+  with pytest.raises(ValueError, match="resnet51"):
+    models.model_spec("resnet51")
 
 
 def test_unknown_model_lists_valid_names():
