@@ -90,6 +90,7 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest", "chex", "faiss-cpu", "scikit-learn",
+                 "safetensors",  # the .safetensors converter test
                  # server tests: real HTTP client and a real browser (the
                  # browser itself: apt-get install chromium chromium-driver)
                  "httpx", "selenium>=4.10"],

@@ -12,9 +12,11 @@ it runs).
   python benchmarks/retrieval.py --with-reference     # also the slow jnp path
 
 Standard setups: N=200,000, Q=1,000, K=64, k=100 (the main one); K=16, 32, 128
-at the same N; N=1,000,000 at K=64. faiss gets as many threads as our kernel
-(MEDHASH_NUM_THREADS or the CPUs available) and is also timed on 1 thread, as
-is our cpu backend; the ratio is to faiss's faster configuration.
+at the same N; N=1,000,000 at K=64. Our cpu backend and faiss each run at
+the kernel's thread count (MEDHASH_NUM_THREADS or the CPUs available) and on
+1 thread, in interleaved rounds (benchmarks/timing.py); each ratio is ours
+over faiss at the same thread count: the median of the per-round ratios, with
+their min-max.
 """
 
 import argparse
@@ -27,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import timing  # pylint: disable=g-import-not-at-top
 from medhash_jax.retrieval import cpu_kernel  # pylint: disable=g-import-not-at-top
 from medhash_jax.retrieval import hamming_topk  # pylint: disable=g-import-not-at-top
 
@@ -54,17 +57,6 @@ def faiss_bytes(packed: np.ndarray, bits: int) -> np.ndarray:
   return np.ascontiguousarray(packed.view(np.uint8)[:, :-(-bits // 8)])
 
 
-def time_best(fn, repeats: int):
-  """(best seconds, last result) over `repeats` calls after one warm-up."""
-  out = fn()
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    out = fn()
-    best = min(best, time.perf_counter() - t0)
-  return best, out
-
-
 def distances_of(q, db, idx) -> np.ndarray:
   """Hamming distances of the returned indices (checks index/distance pairs)."""
   x = np.bitwise_xor(q[:, None, :], db[idx])
@@ -84,64 +76,68 @@ def backends(with_reference: bool):
 
 def run_setup(setup, args, threads, rng):
   n, nq, bits, k = setup["n"], setup["q"], setup["bits"], setup["k"]
-  print(f"\n== N={n:,} Q={nq:,} K={bits} k={k}")
+  print(f"\n== N={n:,} Q={nq:,} K={bits} k={k}, {args.rounds} interleaved "
+        "rounds")
   db = random_packed(rng, n, bits)
   q = random_packed(rng, nq, bits)
-  rows = []
-  faiss_d = None
-  faiss_rate = None
+  thread_counts = sorted({threads, 1}, reverse=True)
+  contenders, sizes = {}, {}
   if faiss is not None and bits % 8 == 0:
     index = faiss.IndexBinaryFlat(8 * -(-bits // 8))
     index.add(faiss_bytes(db, bits))
     qb = faiss_bytes(q, bits)
-    # faiss's OpenMP barriers collapse when the cores are shared with other
-    # work, so it is also timed single-threaded; ratios use its best rate.
-    for t in sorted({threads, 1}, reverse=True):
-      faiss.omp_set_num_threads(t)
-      sec, (faiss_d, _) = time_best(lambda: index.search(qb, k), args.repeats)
-      rate = n * nq / sec
-      faiss_rate = max(faiss_rate or 0.0, rate)
-      rows.append((f"faiss Flat, {t} thr", nq, sec, rate, None, "-"))
-    faiss.omp_set_num_threads(threads)
-  ours = {}
-  runs = [(name, None) for name in backends(args.with_reference)]
-  if "cpu" in [name for name, _ in runs] and threads > 1:
-    runs.insert(1, ("cpu", 1))  # per-core comparison with faiss, 1 thread
-  for name, num_threads in runs:
+    for t in thread_counts:
+      def run_faiss(_, t=t):
+        faiss.omp_set_num_threads(t)
+        try:
+          return index.search(qb, k)
+        finally:
+          faiss.omp_set_num_threads(threads)
+      contenders[f"faiss Flat, {t} thr"] = run_faiss
+      sizes[f"faiss Flat, {t} thr"] = nq
+  names = backends(args.with_reference)
+  for name in names:
     qn = min(nq, args.reference_q) if name == "reference" else nq
     device = jax.devices("cpu")[0] if name in ("cpu",) else jax.devices()[0]
     qj = jax.device_put(q[:qn], device)
     dbj = jax.device_put(db, device)
-
-    def call(name=name, qj=qj, dbj=dbj):
-      with jax.default_device(device):
-        d, i = hamming_topk(qj, dbj, k, backend=name)
-        return jax.block_until_ready((d, i))
-
-    saved = os.environ.get("MEDHASH_NUM_THREADS")
-    if num_threads:
-      os.environ["MEDHASH_NUM_THREADS"] = str(num_threads)
-    try:
-      sec, (d, i) = time_best(call, args.repeats if name != "reference" else 1)
-    finally:
-      if num_threads:
-        if saved is None:
-          del os.environ["MEDHASH_NUM_THREADS"]
-        else:
-          os.environ["MEDHASH_NUM_THREADS"] = saved
+    for t in (thread_counts if name == "cpu" else [None]):
+      def call(_, name=name, qj=qj, dbj=dbj, device=device, t=t):
+        saved = os.environ.get("MEDHASH_NUM_THREADS")
+        if t:
+          os.environ["MEDHASH_NUM_THREADS"] = str(t)
+        try:
+          with jax.default_device(device):
+            return jax.block_until_ready(hamming_topk(qj, dbj, k, backend=name))
+        finally:
+          if t and saved is None:
+            del os.environ["MEDHASH_NUM_THREADS"]
+          elif t:
+            os.environ["MEDHASH_NUM_THREADS"] = saved
+      label = name + (f", {t} thr" if t else "")
+      contenders[label] = call
+      sizes[label] = qn
+  slow = {l: f for l, f in contenders.items() if l.startswith("reference")}
+  times, last = timing.interleaved_rounds(
+      {l: f for l, f in contenders.items() if l not in slow}, args.rounds)
+  if slow:  # the jnp reference: one timed call
+    t_slow, last_slow = timing.interleaved_rounds(slow, 1, warmup=False)
+    times.update(t_slow)
+    last.update(last_slow)
+  faiss_d = {l: np.asarray(v[0]) for l, v in last.items()
+             if l.startswith("faiss")}
+  ours = {}
+  for label, (d, i) in ((l, v) for l, v in last.items()
+                        if not l.startswith("faiss")):
     d, i = np.asarray(d), np.asarray(i)
-    ours[name] = (d, i)
-    rate = qn * n / sec
-    same = "n/a"
-    if faiss_d is not None:
-      same = "yes" if np.array_equal(d, faiss_d[:qn]) else "NO"
-    label = name + (f", {num_threads} thr" if num_threads else
-                    f", {threads} thr" if name == "cpu" else "")
-    rows.append((label, qn, sec, rate, None, same))
-    sample = slice(0, min(qn, 64))
+    ours[label] = (d, i)
+    sample = slice(0, min(len(d), 64))
     if not np.array_equal(distances_of(q[sample], db, i[sample]), d[sample]):
-      raise AssertionError(f"{name}: indices do not reproduce the distances")
-  if "reference" in ours and len(ours) > 1:
+      raise AssertionError(f"{label}: indices do not reproduce the distances")
+    for fl, fd in faiss_d.items():
+      if not np.array_equal(d, fd[:len(d)]):
+        raise AssertionError(f"{label}: distances differ from {fl}")
+  if any(l.startswith("reference") for l in ours) and len(ours) > 1:
     rd, ri = ours["reference"]
     for name, (d, i) in ours.items():
       if not (np.array_equal(d[:len(rd)], rd) and
@@ -149,13 +145,24 @@ def run_setup(setup, args, threads, rng):
         raise AssertionError(f"{name} differs from the reference backend")
     print("all backends equal the reference (distances and indices) on the "
           f"first {len(rd)} queries")
-  print(f"{'backend':<24}{'Q':>7}{'seconds':>10}{'pairs/s':>12}"
-        f"{'x faiss':>9}  dist == faiss   (x faiss: vs faiss's best row)")
-  for name, qn, sec, rate, _, same in rows:
-    ratio = rate / faiss_rate if faiss_rate else float("nan")
-    print(f"{name:<24}{qn:>7}{sec:>10.4f}{rate:>12.3e}{ratio:>9.2f}  {same}")
-  gpu_rates = {label.split(",")[0]: rate for label, _, _, rate, _, _ in rows
-               if label.split(",")[0] in ("gpu", "matmul")}
+  if faiss_d:
+    print("every backend's distances equal faiss's row by row")
+  print(f"{'backend':<22}{'Q':>7}{'median s (min-max)':>26}{'pairs/s':>11}"
+        f"   x faiss, same threads: median (min-max) of per-round ratios")
+  rows = []
+  for label, secs in times.items():
+    med = timing.median_spread(secs)
+    rate = sizes[label] * n / med[0]
+    peer = f"faiss Flat, {label.split(', ')[1]}" if ", " in label else None
+    ratio = (timing.ratio_spread(np.asarray(secs) / sizes[label],
+                                 np.asarray(times[peer]) / sizes[peer])
+             if peer in times and not label.startswith("faiss") else None)
+    rows.append({"backend": label, "queries": sizes[label],
+                 "seconds": med, "pairs_per_s": rate, "x_faiss": ratio})
+    print(f"{label:<22}{sizes[label]:>7}{timing.fmt(med, '.4f'):>26}"
+          f"{rate:>11.3e}   {timing.fmt(ratio) if ratio else '-'}")
+  gpu_rates = {r["backend"]: r["pairs_per_s"] for r in rows
+               if r["backend"] in ("gpu", "matmul")}
   if len(gpu_rates) == 2:
     # What launch/gpu_session.sh records to set topk.GPU_DEFAULT by.
     faster = max(gpu_rates, key=gpu_rates.get)
@@ -171,8 +178,9 @@ def main(argv=None):
   parser.add_argument("--q", type=int, help="number of queries")
   parser.add_argument("--bits", type=int, help="code length K")
   parser.add_argument("--k", type=int, help="neighbours per query")
-  parser.add_argument("--repeats", type=int, default=3,
-                      help="timed calls per backend (best is reported)")
+  parser.add_argument("--rounds", type=int, default=7,
+                      help="interleaved rounds (every contender once each); "
+                      "medians and min-max are reported")
   parser.add_argument("--with-reference", action="store_true",
                       help="also time the slow pure-jnp reference backend")
   parser.add_argument("--reference-q", type=int, default=50,

@@ -12,9 +12,13 @@ count) and share the machine's cores, so the efficiency column measures the
 sharding overhead on a fixed amount of hardware, not the speed-up that real
 accelerators give. On GPU/TPU `--devices` takes the first N real devices.
 
-Columns: rate (queries/s or images/s, best of --repeats), speed-up over one
-device, efficiency = speed-up / devices; memory per device = codes held by each
-device (search) and, where the platform reports it, peak device memory.
+Columns: rate (queries/s or images/s, the median of --repeats timed calls,
+with their min-max), speed-up over one device, efficiency = speed-up /
+devices; memory per device = codes held by each device (search) and, where
+the platform reports it, peak device memory. Search: every sharded answer
+(distances and indices of every query, all k) must equal the unsharded
+`hamming_topk`'s, and each device count's the 1-device one's; the script
+fails otherwise.
 """
 
 import argparse
@@ -57,6 +61,7 @@ if ARGS.processes <= 1 and not ARGS.worker_out:
                              f"{ARGS.fake_devices}").strip()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import timing  # pylint: disable=wrong-import-position
 from medhash_jax import distributed  # pylint: disable=wrong-import-position
 
 if ARGS.worker_out:
@@ -96,6 +101,12 @@ def _random_packed(rng, n, words, chunk=1 << 22):
   return out
 
 
+def _rates(seconds):
+  """(median, min, max) queries/s of timed calls."""
+  m, lo, hi = timing.median_spread(seconds)
+  return ARGS.queries / m, ARGS.queries / hi, ARGS.queries / lo
+
+
 def search_rows(device_counts):
   from medhash_jax import retrieval  # pylint: disable=g-import-not-at-top
   from medhash_jax.retrieval import sharded  # pylint: disable=g-import-not-at-top
@@ -106,7 +117,7 @@ def search_rows(device_counts):
   lo, hi = n * me // procs, n * (me + 1) // procs
   local = _random_packed(np.random.default_rng(1000 + me), hi - lo, words)
   queries = _random_packed(np.random.default_rng(7), ARGS.queries, words)
-  rows = []
+  rows, answers = [], {}
   for d in device_counts:
     if procs > 1 and d != jax.device_count():
       continue  # across processes: the whole mesh only
@@ -116,36 +127,42 @@ def search_rows(device_counts):
     t0 = time.perf_counter()
     db = sharded.assemble_database(local, mesh)
     build_s = time.perf_counter() - t0
-    dist, idx = sharded.sharded_topk(queries, db, ARGS.k)  # compile + warm
-    jax.block_until_ready((dist, idx))
-    best = 0.0
-    for _ in range(ARGS.repeats):
-      t0 = time.perf_counter()
-      jax.block_until_ready(sharded.sharded_topk(queries, db, ARGS.k))
-      best = max(best, ARGS.queries / (time.perf_counter() - t0))
+    times, last = timing.interleaved_rounds(
+        {"sharded": lambda _: jax.block_until_ready(
+            sharded.sharded_topk(queries, db, ARGS.k))}, ARGS.repeats)
+    rate, rate_lo, rate_hi = _rates(times["sharded"])
+    answers[d] = tuple(np.asarray(a) for a in last["sharded"])
     rows.append({"part": "search", "devices": d, "processes": procs,
                  "db_size": n, "bits": ARGS.bits, "k": ARGS.k,
-                 "queries": ARGS.queries, "rate": best, "unit": "queries/s",
+                 "queries": ARGS.queries, "rate": rate,
+                 "rate_min_max": [rate_lo, rate_hi], "unit": "queries/s",
                  "codes_mb_per_device": db.bytes_per_device / 2**20,
                  "peak_device_mb": (_peak_device_bytes(devices) or 0) / 2**20
                                    or None,
-                 "build_s": build_s, "host_rss_mb": _rss_mb(),
-                 "first_idx": np.asarray(idx)[0, :3].tolist()})
+                 "build_s": build_s, "host_rss_mb": _rss_mb()})
     del db
   # The unsharded single-device call, for reference (one process only).
   if procs == 1 and 1 in device_counts:
     dbj = jax.device_put(local, jax.devices()[0])
-    retrieval.hamming_topk(queries, dbj, ARGS.k)
-    best = 0.0
-    for _ in range(ARGS.repeats):
-      t0 = time.perf_counter()
-      out = jax.block_until_ready(retrieval.hamming_topk(queries, dbj, ARGS.k))
-      best = max(best, ARGS.queries / (time.perf_counter() - t0))
-    same = np.array_equal(np.asarray(out[1])[0, :3], rows[0]["first_idx"])
+    times, last = timing.interleaved_rounds(
+        {"unsharded": lambda _: jax.block_until_ready(
+            retrieval.hamming_topk(queries, dbj, ARGS.k))}, ARGS.repeats)
+    rate, rate_lo, rate_hi = _rates(times["unsharded"])
+    want = tuple(np.asarray(a) for a in last["unsharded"])
+    for d, got in answers.items():   # every query, every neighbour
+      for what, g, w in zip(("distances", "indices"), got, want):
+        if not np.array_equal(g, w):
+          bad = np.flatnonzero((g != w).any(axis=1))
+          raise AssertionError(
+              f"{d} device(s): sharded {what} differ from the unsharded "
+              f"answer in {bad.size} of {len(w)} queries (first: {bad[:5]})")
+    print(f"sharded == unsharded on all {len(want[0])} queries x {ARGS.k} "
+          f"neighbours for {sorted(answers)} devices", flush=True)
     rows.append({"part": "search", "devices": "1 (unsharded hamming_topk)",
-                 "processes": 1, "rate": best, "unit": "queries/s",
+                 "processes": 1, "rate": rate, "rate_min_max": [rate_lo, rate_hi],
+                 "unit": "queries/s",
                  "codes_mb_per_device": local.nbytes / 2**20,
-                 "same_answer": bool(same)})
+                 "same_answer": True, "rows_checked": int(len(want[0]))})
   return rows
 
 
@@ -190,16 +207,17 @@ def train_rows(device_counts):
     st, m = step(st, batch, root)
     jax.block_until_ready(m)
     compile_s = time.perf_counter() - t0
-    best = 0.0
+    rates = []
     for _ in range(ARGS.repeats):
       t0 = time.perf_counter()
       for _ in range(ARGS.steps):
         st, m = step(st, batch, root)
       jax.block_until_ready(m)
-      best = max(best, ARGS.steps * gb / (time.perf_counter() - t0))
+      rates.append(ARGS.steps * gb / (time.perf_counter() - t0))
     rows.append({"part": "train", "devices": d, "processes": procs,
                  "global_batch": gb, "image_size": ARGS.image_size,
-                 "width": ARGS.width, "rate": best, "unit": "images/s",
+                 "width": ARGS.width, "rate": float(np.median(rates)),
+                 "rate_min_max": [min(rates), max(rates)], "unit": "images/s",
                  "compile_s": compile_s,
                  "peak_device_mb": (_peak_device_bytes(mesh.devices.flat)
                                     or 0) / 2**20 or None,
@@ -228,8 +246,9 @@ def _table(rows):
       eff = speed / d if speed is not None else None
       mb = r.get("codes_mb_per_device")
       peak = r.get("peak_device_mb")
+      lo, hi = r.get("rate_min_max", (r["rate"], r["rate"]))
       lines.append(
-          f"| {d} | {r['processes']} | {r['rate']:.1f} | "
+          f"| {d} | {r['processes']} | {r['rate']:.1f} ({lo:.1f}-{hi:.1f}) | "
           f"{'' if speed is None else f'{speed:.2f}x'} | "
           f"{'' if eff is None else f'{eff:.2f}'} | "
           f"{'' if mb is None else f'{mb:.1f}'} | "

@@ -10,8 +10,9 @@ hashing (pairwise loss over the global batch, hash head, continuation).
   PYTHONPATH=. python benchmarks/train_step.py --sizes=28,224 --dtype=bfloat16
 
 Compilation is excluded (one warm-up step per model); the models are measured
-round-robin --repeats times and the best rate is kept, so a busy machine does
-not favour whichever model ran in a quiet moment. Prints a table and, with
+in --repeats interleaved rounds (benchmarks/timing.py), so a busy machine
+does not favour whichever model ran in a quiet moment: rates are medians
+(min-max), the ratio is the median of the per-round ratios (min-max). Prints a table and, with
 --json, writes the rows.
 """
 
@@ -28,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import timing  # pylint: disable=wrong-import-position
 from medhash_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from medhash_jax.train import mesh as mesh_lib  # pylint: disable=wrong-import-position
 from medhash_jax.train import optim as optim_lib  # pylint: disable=wrong-import-position
@@ -42,7 +44,7 @@ flags.DEFINE_integer("batch_size", 16, "Global batch size.")
 flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after 1 "
                      "warm-up step that compiles).")
 flags.DEFINE_integer("repeats", 3, "Measurements per model, round-robin; the "
-                     "best is reported.")
+                     "the median (min-max) is reported.")
 flags.DEFINE_integer("num_bits", 48, "Code length.")
 flags.DEFINE_integer("num_classes", 14, "Label classes (multi-hot).")
 flags.DEFINE_string("model", "resnet50", "Backbone for every method.")
@@ -88,7 +90,7 @@ class Timed:
     t0 = time.perf_counter()
     self.loss = self._steps(1)
     self.compile_s = time.perf_counter() - t0
-    self.best_ips = 0.0
+    self.seconds = []
 
   def _steps(self, n):
     m = None
@@ -99,8 +101,7 @@ class Timed:
   def measure(self, n):
     t0 = time.perf_counter()
     self.loss = self._steps(n)
-    ips = n * FLAGS.batch_size / (time.perf_counter() - t0)
-    self.best_ips = max(self.best_ips, ips)
+    self.seconds.append(time.perf_counter() - t0)
 
 
 def build_method(method: str, size: int, mesh, batch) -> Timed:
@@ -149,25 +150,29 @@ def main(argv):
   dev = jax.devices()[0]
   print(f"device: {dev.platform} {dev.device_kind} x{mesh.size}, jax "
         f"{jax.__version__}, dtype {FLAGS.dtype}, batch {FLAGS.batch_size}, "
-        f"best of {FLAGS.repeats} x {FLAGS.steps} steps", flush=True)
+        f"medians of {FLAGS.repeats} interleaved rounds x {FLAGS.steps} "
+        "steps", flush=True)
   rows = []
   optim_cfg = _load_config(FLAGS.methods[0]).optim
   for size in (int(s) for s in FLAGS.sizes):
     batch = _batch(size, np.random.default_rng(size), mesh)
     timed = [build_classifier(size, mesh, batch, optim_cfg)]
     timed += [build_method(m, size, mesh, batch) for m in FLAGS.methods]
-    # Round-robin, best of --repeats: fair to every model on a busy machine.
+    # Interleaved rounds: every model once per round.
     for _ in range(FLAGS.repeats):
       for t in timed:
         t.measure(FLAGS.steps)
-    base = timed[0].best_ips
     for t in timed:
-      row = {"method": t.name, "size": size, "images_per_sec": t.best_ips,
-             "ratio": t.best_ips / base, "compile_s": t.compile_s,
+      ips = timing.median_spread(
+          [FLAGS.steps * FLAGS.batch_size / s for s in t.seconds])
+      ratio = timing.ratio_spread(timed[0].seconds, t.seconds)
+      row = {"method": t.name, "size": size, "images_per_sec": ips[0],
+             "images_per_sec_min_max": ips[1:], "ratio": ratio[0],
+             "ratio_min_max": ratio[1:], "compile_s": t.compile_s,
              "loss": t.loss}
       rows.append(row)
-      print(f"{t.name:<22} {size:>4}px {t.best_ips:9.1f} img/s  "
-            f"x{row['ratio']:.3f} of the classifier  (compile "
+      print(f"{t.name:<22} {size:>4}px {timing.fmt(ips, '.1f')} img/s  "
+            f"x{timing.fmt(ratio, '.3f')} of the classifier  (compile "
             f"{t.compile_s:.1f} s)", flush=True)
   if FLAGS.json:
     with open(FLAGS.json, "w", encoding="utf-8") as f:

@@ -369,3 +369,28 @@ class TestBadInput:
   def test_bad_ks(self, case, ks):
     with pytest.raises(ValueError, match="ks"):
       metrics.retrieval_report(*case, ks=ks)
+
+
+def test_index_ordered_metrics_beyond_one_summation_block():
+  """mAP@k and nDCG@k at k >= 3,000 on a 3,500-item database against the
+  plain loops. `metrics` sums prefix terms in blocks of 1,024: a dropped,
+  doubled or shifted block changes these values (every other test here has
+  N <= 57, a single block). 4-bit codes: 17 distances, so about 200 items
+  share each distance (heavy ties, ordered by index)."""
+  rng = np.random.default_rng(7)
+  qc, dc, ql, dl = random_case(rng, q=5, n=3500, bits=4, num_labels=4,
+                               p_label=0.25)
+  ql[0] = 0                      # a query with nothing relevant
+  ql[1] = 1                      # one that shares a label with most items
+  ks = (3000, 3333, None)
+  got, _ = per_query(qc, dc, ql, dl, ks)
+  dist, rel = distances(qc, dc), relevance(ql, dl)
+  assert max(np.bincount(dist[2])) > 150   # the ties are really heavy
+  for qi in range(qc.shape[0]):
+    rel_in_order = [int(rel[qi, i]) for i in ranking(dist[qi])]
+    for k in ks:
+      name, kk = ("all", dc.shape[0]) if k is None else (str(k), k)
+      for metric, fn in [("map", ap_at_k), ("ndcg", ndcg_at_k)]:
+        np.testing.assert_allclose(got[f"{metric}@{name}"][qi],
+                                   fn(rel_in_order, kk), rtol=2e-5,
+                                   atol=1e-7, err_msg=f"{metric}@{k} q{qi}")

@@ -31,7 +31,8 @@ CONFIGS = {
             "no_attention,smoke", "cbam,smoke"),
     "mth": ("", "smoke"), "sa_hash": ("", "smoke"),
     **{m: ("", "smoke") for m in ("dsh", "dch", "dfh", "dpn", "isdh", "dtsh",
-                                  "lcdsh", "csq", "dpsh", "hashnet")},
+                                  "lcdsh", "csq", "dpsh", "hashnet", "dh",
+                                  "drh", "fang_ath")},
 }
 
 
@@ -43,7 +44,7 @@ def suite_run(data_dir, tmp_path_factory):
       base, overrides={**base.overrides, "data.root": data_dir})
   info = experiments.run_suite(
       suite, str(root / "out"), str(root / "runs"), methods=["dpsh", "ath"],
-      bits=[16], steps=STEPS, command="pytest")
+      bits=[16], steps=STEPS, command="pytest", allow_dirty=True)
   return {"info": info, "suite": suite, "root": root}
 
 
@@ -149,7 +150,7 @@ def test_suite_reuses_only_runs_of_the_same_config(suite_run):
                      rf"{STEPS + 1}"):
     experiments.run_suite(suite_run["suite"], str(root.parent / "out2"),
                           str(root), methods=["dpsh"], bits=[16],
-                          steps=STEPS + 1)
+                          steps=STEPS + 1, allow_dirty=True)
   other = experiments.with_overrides(suite_run["suite"],
                                      {"optim.learning_rate": 0.5})
   with pytest.raises(ckpt_lib.ConfigMismatchError, match="learning_rate"):
@@ -205,6 +206,93 @@ def test_suite_writes_table_curves_and_gallery(suite_run):
     saved = json.load(f)
   assert saved["machine"]["platform"] == "cpu" and saved["seeds"] == [0]
   assert f"({saved['machine']['cpu_model']}), JAX " in md
+
+
+# Table column -> retrieval_report key, written here independently of
+# runner._metrics_row: a column filled from another key fails the test below.
+COLUMN_METRICS = {
+    "map@10": "map@10", "map@all": "map@all", "ndcg@100": "ndcg@100",
+    "ndcg@all": "ndcg@all", "p@r2": "precision@radius2",
+    "map@10_tie": "map@10/tie_aware", "map@all_tie": "map@all/tie_aware",
+    "chance": "map@10/chance", "chance_map@all": "map@all/chance"}
+
+
+def test_table_columns_equal_retrieval_report_of_reencoded_codes(suite_run):
+  """Every metric column of results.csv equals `metrics.retrieval_report` on
+  the query and database codes encoded again from each run's selected model,
+  under the column's own name."""
+  import csv
+  from medhash_jax import metrics
+  from medhash_jax.experiments import runner
+  from medhash_jax.experiments import suites
+  metric_cols = [c for c in suites.COLUMNS if c not in (
+      "method", "bits", "train_time_s", "encode_ms_per_image", "query_ms",
+      "index_bytes")]
+  assert set(metric_cols) == set(COLUMN_METRICS)     # a new column: map it
+  with open(suite_run["info"]["outputs"]["csv"]) as f:
+    rows = {(r["method"], int(r["bits"])): r for r in csv.DictReader(f)}
+  distinct = set()
+  for method in ("dpsh", "ath"):
+    cfg = (_ath_config(suite_run) if method == "ath" else
+           experiments.method_config(suite_run["suite"], "dpsh", 16, 0,
+                                     str(suite_run["root"] / "runs" /
+                                         "_ath_stages"), STEPS))
+    tr = runner.Trained(cfg, str(suite_run["root"] / "runs" / method /
+                                 "b16-s0"))
+    try:
+      q, db = tr.codes("query"), tr.codes("database")
+      ql = tr.run.ds.eval["query"].labels
+      dl = tr.run.ds.eval["database"].labels
+    finally:
+      tr.close()
+    rep = metrics.retrieval_report(q, db, ql, dl, ks=(10, 100, None))
+    row = rows[(experiments.DISPLAY[method], 16)]
+    for col, key in COLUMN_METRICS.items():
+      assert float(row[col]) == pytest.approx(rep[key], rel=1e-6, abs=1e-9), (
+          method, col)
+    distinct |= {key for key in COLUMN_METRICS.values()
+                 if all(abs(rep[key] - rep[o]) > 1e-6
+                        for o in COLUMN_METRICS.values() if o != key)}
+  # The check can tell the columns apart: the tie-aware and index-ordered
+  # values differ on these (heavily tied) codes.
+  assert {"map@all", "map@all/tie_aware", "map@10",
+          "map@10/tie_aware"} <= distinct
+
+
+def test_runs_json_records_configs_curves_tree_and_machine(suite_run):
+  import jax
+  with open(os.path.join(os.path.dirname(
+      suite_run["info"]["outputs"]["markdown"]), "runs.json")) as f:
+    saved = json.load(f)
+  deep = [r for r in saved["runs"] if r["method"] in ("dpsh", "ath")]
+  assert len(deep) == 2
+  for r in deep:
+    cfg = r["config"]
+    assert cfg["num_bits"] == 16 and cfg["train"]["num_steps"] == STEPS
+    assert cfg["train"]["eval_every_steps"] == 1    # >= 5 points in 6 steps
+    assert ("ath" in cfg) == (r["method"] == "ath")
+    v = r["validation"]
+    assert v["metric"] == cfg["eval"]["select_metric"]
+    assert v["steps"] == list(range(1, STEPS + 1))
+    best = int(np.argmax(v["values"]))                # first maximum
+    assert v["selected_step"] == v["steps"][best]
+    with open(os.path.join(r["workdir"], "best.json")) as f:
+      assert json.load(f)["step"] == v["selected_step"]
+  # Tree state, CPU model and JAX version, in runs.json and results.md.
+  assert saved["git"]["dirty"] in (True, False, None)
+  assert saved["commit"] == saved["git"]["commit"]
+  with open("/proc/cpuinfo") as f:
+    model = next(l.split(":", 1)[1].strip() for l in f
+                 if l.startswith("model name"))
+  assert saved["machine"]["cpu_model"] == model
+  assert saved["machine"]["jax"] == jax.__version__
+  assert saved["machine"]["device_kind"] == jax.devices()[0].device_kind
+  with open(suite_run["info"]["outputs"]["markdown"]) as f:
+    md = f.read()
+  note = ("no git checkout" if saved["git"]["dirty"] is None else
+          "DIRTY tree, allowed by --allow_dirty" if saved["git"]["dirty"]
+          else "clean tree")
+  assert f"`{saved['commit']}` ({note}" in md
 
 
 def test_ath_encodes_loose_files_like_its_query_split(suite_run, tmp_path):
@@ -329,7 +417,8 @@ def test_ath_configs_paper_settings_and_ablations():
 
 
 SMOKE_RUNS = [(m, "smoke") for m in ("hashnet", "dsh", "dch", "dfh", "dpn",
-                                      "isdh", "dtsh", "lcdsh", "csq", "mth",
+                                      "isdh", "dtsh", "lcdsh", "csq", "dh", "drh",
+                                      "fang_ath", "mth",
                                       "sa_hash")] + [
     ("ath", f"{a},smoke") for a in ("no_attention", "se", "cbam")]
 

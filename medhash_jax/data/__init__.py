@@ -46,7 +46,7 @@ bool (b,); with ``data.mask_dir``: ``local_image``, ``local_fallback``; with
 
 Config keys (``default_data_config()``, in :mod:`medhash_jax.data.config`):
 ``name root path download medmnist_size skip_bad verify no_finding
-uncertainty frontal_only class_names labels_csv split split_seed
+uncertainty frontal_only class_names labels_csv split_lists split split_seed
 split_ratios val_fraction grouped num_query query_fraction num_train
 train_fraction train_in_database image_size channels normalize image_dtype
 jpeg_draft augment.{enabled,random_resized_crop,crop_scale,hflip,vflip,

@@ -21,7 +21,7 @@ EVAL_SPLITS = ("val", "query", "database", "train")
 # Config keys forwarded to get_source; "" / () / None mean "source default".
 _SOURCE_KEYS = ("root", "path", "download", "medmnist_size", "skip_bad", "verify",
                 "no_finding", "uncertainty", "frontal_only", "class_names",
-                "labels_csv")
+                "labels_csv", "split_lists")
 
 
 @dataclasses.dataclass

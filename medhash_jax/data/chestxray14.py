@@ -12,6 +12,12 @@ Official layouts (NIH box download, or Kaggle "nih-chest-xrays/data"):
 Labels: the 14 findings below, split on ``|``. "No Finding" is the all-zero
 vector by default (``no_finding="zeros"``), or an explicit 15th class
 (``no_finding="class"``). group = Patient ID.
+
+``split_lists=<folder>`` (config ``data.split_lists``, with
+``data.split="official"``) reads the published patient-grouped 1:3:3
+protocol instead of the official lists (`chestxray14_protocol`; the
+committed folder is configs/splits/chestxray14): every image of the label
+table must be in exactly one list.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ class ChestXray14Source(FileSource):
   def __init__(self, *, root: str | None = None, path: str | None = None,
                labels_csv: str = "", no_finding: str = "zeros",
                skip_bad: bool = False, verify: str = "exists",
-               draft_size: int | None = None, **unused):
+               draft_size: int | None = None, split_lists: str = "",
+               **unused):
     del unused
     if no_finding not in ("zeros", "class"):
       raise ValueError(f"no_finding must be 'zeros' or 'class', got {no_finding!r}")
@@ -72,7 +79,11 @@ class ChestXray14Source(FileSource):
       if os.path.isdir(idir):
         images.update(index_images(idir))
 
-    official = self._official_lists(d)
+    if split_lists:
+      from medhash_jax.data import chestxray14_protocol  # pylint: disable=g-import-not-at-top
+      official = chestxray14_protocol.load_lists(split_lists)
+    else:
+      official = self._official_lists(d)
     cls = {c: i for i, c in enumerate(self.class_names)}
     n_outside = 0
     recs = []
@@ -104,6 +115,11 @@ class ChestXray14Source(FileSource):
                  group=patient, row=line, row_file=csv_path)
       if official is not None:
         rec["split"] = official.get(name, "")
+        if split_lists and not rec["split"]:
+          self.bad.handle(BadRecordError(
+              f"image {name} is in none of the lists of {split_lists}",
+              file=csv_path, row=f"line {line}"))
+          continue
         n_outside += rec["split"] == ""
       recs.append(rec)
     if n_outside:

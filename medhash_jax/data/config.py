@@ -28,6 +28,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.frontal_only = False   # CheXpert: drop lateral views
   c.class_names = ()       # CheXpert subset / folder class list; () = all found
   c.labels_csv = ""        # label file name override ("" = the source's default)
+  c.split_lists = ""       # ChestX-ray14: folder of published split lists
+                           # (configs/splits/chestxray14) for split="official"
 
   # --- splits ---------------------------------------------------------------
   c.split = "seed"         # official | seed (query:train:database) | deephash

@@ -4,7 +4,8 @@ Protocols (``config.data.split``):
 
 * ``"official"``: the dataset's own split. train = official train, query =
   official test, database = train; val = official val when the dataset has
-  one, else carved from train.
+  one, else carved from train. A published retrieval protocol names query
+  and database itself (ChestX-ray14's ``data.split_lists``).
 * ``"seed"``: the seed papers' protocol (ATH): a seeded random partition
   query : train : database = ``split_ratios`` (1 : 3 : 3), all disjoint; val
   carved from train.
@@ -121,11 +122,15 @@ def make_splits(source: ImageSource, *, protocol: str = "seed", seed: int = 0,
           "'deephash'.")
     off = source.official_split
     train = np.nonzero(off == "train")[0]
-    query = np.nonzero(off == "test")[0]
+    # Published retrieval lists name query and database; a classification
+    # split names test (the queries) and searches train.
+    query = np.nonzero((off == "test") | (off == "query"))[0]
     val = np.nonzero(off == "val")[0]
     if val.size == 0:
       val, train = _subset_partition(train, groups, (val_fraction, 1 - val_fraction), rng)
-    database = train
+    database = np.nonzero(off == "database")[0]
+    if database.size == 0:
+      database = train
   elif protocol == "seed":
     if len(split_ratios) != 3:
       raise ValueError("data.split_ratios must be (query, train, database), "

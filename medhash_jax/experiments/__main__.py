@@ -26,6 +26,9 @@ def _define_flags():
   flags.DEFINE_list("seeds", [], "seeds (default the suite's)")
   flags.DEFINE_integer("steps", 0, "override every run's number of steps")
   flags.DEFINE_bool("rerun", False, "retrain runs that already finished")
+  flags.DEFINE_bool("allow_dirty", False,
+                    "write results from a git tree with uncommitted changes "
+                    "(recorded as dirty); refused by default")
   flags.DEFINE_multi_string(
       "set", [], "key=value set on every run's config, after the suite's "
       "overrides (repeatable), typed as --config.key=value types it, e.g. "
@@ -53,6 +56,7 @@ def main(argv):
       bits=[int(b) for b in FLAGS.bits] or None,
       seeds=[int(s) for s in FLAGS.seeds] or None,
       steps=FLAGS.steps or None, rerun=FLAGS.rerun,
+      allow_dirty=FLAGS.allow_dirty,
       command=" ".join(["python -m medhash_jax.experiments"] + sys.argv[1:]))
   print(json.dumps(info["outputs"], indent=1))
 

@@ -238,12 +238,72 @@ def shallow_rows(methods: Sequence[str], bits: Sequence[int], feats, labels,
 # ---------------------------------------------------------------------------
 
 
-def _git_commit() -> str:
+# Paths whose changes do not change what a suite computes: the reports
+# themselves (regenerating one table must not block the next).
+_REPORT_PATHS = ("results/",)
+
+
+def git_state(repo: str = REPO_ROOT) -> Dict[str, Any]:
+  """The commit of `repo` and whether its tree is clean: `dirty` is None
+  where there is no git checkout (an installed package), else True when a
+  tracked file is modified or an untracked, not ignored file exists outside
+  results/ (`changes` lists up to 20 of them)."""
+  def git(*args):
+    return subprocess.run(["git", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout
   try:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "HEAD").strip()
+    status = git("status", "--porcelain", "--untracked-files=all")
   except (OSError, subprocess.CalledProcessError):
-    return "unknown"
+    return {"commit": "unknown", "dirty": None, "changes": []}
+  changes = [line[3:] for line in status.splitlines()
+             if line[3:] and not line[3:].strip('"').startswith(_REPORT_PATHS)]
+  return {"commit": commit, "dirty": bool(changes), "changes": changes[:20]}
+
+
+def check_clean(state: Dict[str, Any], allow_dirty: bool):
+  """Refuses a suite on a dirty tree (its numbers would belong to no commit)
+  unless `allow_dirty`; the state is recorded either way."""
+  if state["dirty"] and not allow_dirty:
+    raise RuntimeError(
+        f"the git tree at {REPO_ROOT} has uncommitted changes "
+        f"({', '.join(state['changes'])}): the results would belong to no "
+        f"commit. Commit them, or pass --allow_dirty (recorded as dirty in "
+        "runs.json and results.md)")
+
+
+def _tree_note(state: Dict[str, Any]) -> str:
+  if state["dirty"] is None:
+    return "no git checkout"
+  return ("DIRTY tree, allowed by --allow_dirty: " + ", ".join(state["changes"])
+          if state["dirty"] else "clean tree")
+
+
+def validation_curve(workdir: str, metric: str) -> Dict[str, Any]:
+  """The run's validation points of `metric` from its metrics.jsonl (the
+  last row of a step wins: a resumed run may write a step twice)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  points = {}
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        try:
+          row = json.loads(line)
+        except ValueError as e:
+          raise ValueError(f"{path} line {n} is not JSON ({e})") from e
+        if f"val/{metric}" in row:
+          points[int(row["step"])] = row[f"val/{metric}"]
+  steps = sorted(points)
+  return {"metric": metric, "steps": steps, "values": [points[s] for s in steps]}
+
+
+def run_record(cfg, workdir: str, results: Dict[str, Any]) -> Dict[str, Any]:
+  """What runs.json keeps of one deep run besides its row: the full config,
+  the validation curve of the selection metric and the selected step."""
+  select = results.get("selection", {})
+  return {"config": cfg.to_dict(),
+          "validation": {**validation_curve(workdir, cfg.eval.select_metric),
+                         "selected_step": select.get("step")}}
 
 
 def _machine() -> Dict[str, Any]:
@@ -287,10 +347,13 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
               bits: Optional[Sequence[int]] = None,
               seeds: Optional[Sequence[int]] = None,
               steps: Optional[int] = None, rerun: bool = False,
-              command: str = "") -> Dict[str, Any]:
-  """Runs (or reuses) every run of the suite and writes the reports."""
+              command: str = "", allow_dirty: bool = False) -> Dict[str, Any]:
+  """Runs (or reuses) every run of the suite and writes the reports; refuses
+  a dirty git tree unless `allow_dirty` (`check_clean`)."""
   plan = _Plan(suite, output, workdir, methods, bits, seeds, steps, rerun,
                command)
+  tree = git_state()
+  check_clean(tree, allow_dirty)
   os.makedirs(output, exist_ok=True)
   t_suite = time.perf_counter()
   runs, per_method = _deep_runs(plan)
@@ -305,7 +368,8 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
                    "row": v["row"], "features": feature_note})
       if k == plan.pr_bits:
         curves[DISPLAY[m]] = _pr(*v["codes"], labels)
-    info = _suite_info(plan, feature_note, time.perf_counter() - t_suite)
+    info = _suite_info(plan, feature_note, time.perf_counter() - t_suite,
+                       tree)
     outputs = _write_table(plan, info, _table_rows(plan, per_method), runs)
     outputs.update(_write_curves(plan, curves))
     if opened.gallery is not None:
@@ -337,7 +401,8 @@ def _deep_runs(plan: _Plan):
         results = _run_or_reuse(system, cfg, wd, plan.rerun)
         row = deep_row(results, wd, system)
         runs.append({"method": method, "bits": k, "seed": seed,
-                     "workdir": wd, "row": row, **system.report_extras(wd)})
+                     "workdir": wd, "row": row, **system.report_extras(wd),
+                     **run_record(cfg, wd, results)})
         per_method.setdefault((method, k), []).append(row)
   return runs, per_method
 
@@ -435,11 +500,12 @@ def _table_rows(plan: _Plan, per_method) -> List[Dict[str, Any]]:
   return rows
 
 
-def _suite_info(plan: _Plan, feature_note: str, seconds: float
-                ) -> Dict[str, Any]:
+def _suite_info(plan: _Plan, feature_note: str, seconds: float,
+                tree: Dict[str, Any]) -> Dict[str, Any]:
   return {
       "suite": plan.suite.name, "description": plan.suite.description,
-      "command": plan.command, "commit": _git_commit(), "machine": _machine(),
+      "command": plan.command, "commit": tree["commit"], "git": tree,
+      "machine": _machine(),
       "seeds": plan.seeds, "bits": plan.bits, "methods": plan.methods,
       "shallow": list(plan.suite.shallow), "shallow_features": feature_note,
       "steps_override": plan.steps, "suite_seconds": seconds,
@@ -455,7 +521,8 @@ def _preamble(plan: _Plan, info: Dict[str, Any]) -> str:
       f"- this run: methods {', '.join(plan.methods)}; bits "
       f"{list(plan.bits)}; seeds {list(plan.seeds)}; steps "
       f"{plan.steps or 'as configured'}",
-      f"- command: `{plan.command}`", f"- commit: `{info['commit']}`",
+      f"- command: `{plan.command}`",
+      f"- commit: `{info['commit']}` ({_tree_note(info['git'])})",
       f"- machine: {m['device_kind']} x {m['device_count']} "
       f"({m['platform']}), {m['cpu_count']} CPUs ({m['cpu_model']}), "
       f"JAX {m['jax']}",

@@ -20,9 +20,12 @@ DISPLAY = {
     "ath": "ATH-GradCAM", "ath:no_attention": "ATH -A", "ath:se": "ATH -A+SE",
     "ath:cbam": "ATH -A+CBAM", "lsh": "LSH", "pcah": "PCAH", "itq": "ITQ",
     "ssh": "SSH",
+    # The papers' other baselines. FangATH is Fang et al. 2021's
+    # attention-based triplet hashing, not the seed ATH-GradCAM.
+    "dh": "DH", "drh": "DRH", "fang_ath": "FangATH (Fang et al. 2021)",
 }
 BASELINES = ("dpsh", "hashnet", "dsh", "dch", "dfh", "dpn", "isdh", "dtsh",
-             "lcdsh", "csq")
+             "lcdsh", "csq", "dh", "drh", "fang_ath")
 SYSTEMS = ("mth", "sa_hash", "ath")
 ABLATIONS = ("ath:no_attention", "ath:se", "ath:cbam")
 SHALLOW = ("lsh", "pcah", "itq", "ssh")
@@ -208,6 +211,8 @@ def method_config(suite: Suite, method: str, bits: int, seed: int,
     c.train.num_steps = int(steps)
     if "ath" in c:
       c.ath.classifier.num_steps = int(steps)
+  c.train.eval_every_steps = validation_cadence(c.train.num_steps,
+                                                c.train.eval_every_steps)
   if not c.data.root:
     c.data.root = config_base.staged_data_root()
   c.num_bits = int(bits)
@@ -222,6 +227,21 @@ def method_config(suite: Suite, method: str, bits: int, seed: int,
     c.loss.kwargs.multi_label = config_base.is_multi_label(c.data.name)
   c.lock()
   return c
+
+
+# Model selection needs several validation points: one point is no selection.
+MIN_VALIDATION_POINTS = 5
+
+
+def validation_cadence(num_steps: int, eval_every: int,
+                       min_points: int = MIN_VALIDATION_POINTS) -> int:
+  """The `train.eval_every_steps` of a suite run: the configured cadence when
+  it gives at least `min_points` validation points in `num_steps`, else
+  num_steps // min_points (every step when the run is shorter than that)."""
+  num_steps, eval_every = int(num_steps), int(eval_every)
+  if eval_every > 0 and num_steps // eval_every >= min_points:
+    return eval_every
+  return max(1, num_steps // min_points)
 
 
 def run_tag(method: str) -> str:

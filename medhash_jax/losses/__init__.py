@@ -26,9 +26,11 @@ i != j of the batch. The functions in the family modules (pairwise, triplet,
 centers, composite, quantization, classification) can also be called directly
 with only the inputs they declare.
 
-Names: dpsh, dhn, hashnet, dch, dsh, dfh, lcdsh, isdh (pairwise); dtsh, mth
-(triplet); csq, dpn (hash centres); sa_hash, ath (seed-system composites);
-quantization; softmax_ce, sigmoid_bce.
+Names: dpsh, dhn, hashnet, dch, dsh, dfh, lcdsh, isdh (pairwise); dtsh, mth,
+fang_ath (triplet; fang_ath is Fang et al. 2021's attention-based triplet
+hashing, not the seed ATH-GradCAM); dh, drh (bit properties: quantisation,
+balance, independence); csq, dpn (hash centres); sa_hash, ath (seed-system
+composites); quantization; softmax_ce, sigmoid_bce.
 
 Your own loss, without editing the package (resolve.py): `loss.name` may be
 `package.module:function` or `path/to/file.py:function` (loaded by path),
@@ -37,6 +39,7 @@ with `loss.terms=[{name, weight, kwargs}, ...]` sums weighted losses.
 `resolve_loss(spec)` -> (function with this convention, source record).
 """
 
+from medhash_jax.losses import bit_properties
 from medhash_jax.losses import centers
 from medhash_jax.losses import classification
 from medhash_jax.losses import common

@@ -20,6 +20,7 @@ import functools
 import inspect
 from typing import Any, Callable, Dict, Tuple
 
+from medhash_jax.losses import bit_properties
 from medhash_jax.losses import centers
 from medhash_jax.losses import classification
 from medhash_jax.losses import composite
@@ -74,7 +75,10 @@ _FUNCTIONS = {
     "dfh": pairwise.dfh,
     "lcdsh": pairwise.lcdsh,
     "isdh": pairwise.isdh,
+    "dh": bit_properties.dh,
+    "drh": bit_properties.drh,
     "dtsh": triplet.dtsh,
+    "fang_ath": triplet.fang_ath,
     "mth": triplet.mth,
     "csq": centers.csq,
     "dpn": centers.dpn,

@@ -118,3 +118,42 @@ def mth(*, codes, labels, features=None, logits=None, triplets=None,
   loss = sem + hierarchical_weight * (h_codes + h_feats) + category_weight * cat
   return loss, {"semantic": sem, "hierarchical_codes": h_codes,
                 "hierarchical_features": h_feats, "category": cat}
+
+
+def fang_ath(*, codes, labels, logits=None, triplets=None,
+             margin: float = 5.0, quantization_weight: float = 1.0,
+             classification_weight: float = 1.0, multi_label: bool = False):
+  """FangATH: Fang, Fu, Liu, "Deep Triplet Hashing Network for Case-based
+  Medical Image Retrieval" (Attention-based Triplet Hashing), Medical Image
+  Analysis 2021. Not the seed system ATH-GradCAM (Zhu et al. 2022,
+  `composite.ath`), which shares the acronym.
+
+  A CNN with a spatial-attention module (channel max-pool, element-wise
+  max and mean along the channel axis; models: attention="spatial") and the
+  "triplet cross-entropy loss": a triplet likelihood on the codes, so that
+  similar images are ranked above dissimilar ones, plus the classification
+  cross-entropy of a class head, for class separability:
+    Theta_ij = 1/2 u_i . u_j
+    L_t = mean_T log(1 + exp(-(Theta_ap - Theta_an - m)))
+    L_q = mean_{ik} (sgn(u_ik) - u_ik)^2
+    L_c = softmax CE(logits, y)   (sigmoid BCE over classes if multi_label)
+    L   = L_t + lambda L_q + mu L_c
+  (L_t + lambda L_q is `dtsh`, the triplet likelihood the paper builds on.)
+
+  Args:
+    codes: (B, K).  labels: (B, C) or (B,).  logits: (B, C) class scores,
+      required unless classification_weight = 0.
+    triplets: optional int (T, 3); None = all valid triplets of the batch.
+  Returns:
+    (loss, {"triplet", "quantization", "classification"}).
+  """
+  base, terms = dtsh(codes=codes, labels=labels, triplets=triplets,
+                     margin=margin, quantization_weight=quantization_weight)
+  if classification_weight:
+    common.require(logits, "logits", "fang_ath",
+                   "the class head's output; or set classification_weight=0")
+    ce = (common.sigmoid_xent(logits, labels) if multi_label
+          else common.softmax_xent(logits, labels))
+  else:
+    ce = 0.0 * base
+  return base + classification_weight * ce, {**terms, "classification": ce}

@@ -255,6 +255,38 @@ def np_sa_hash(u, y, z, m=None, lam1=0.01, lam2=1.0):
   return con + lam1 * np.mean(np.abs(np.abs(u) - 1)) + lam2 * np_ce(z, y)
 
 
+def np_dh(u, y, lam1=0.5, lam2=1.0):
+  b, k = u.shape
+  quant = sum((_sgn(u[i, j]) - u[i, j]) ** 2 for i in range(b)
+              for j in range(k)) / (2 * b * k)
+  var = 0.0
+  for j in range(k):
+    mu = sum(u[i, j] for i in range(b)) / b
+    var += sum((u[i, j] - mu) ** 2 for i in range(b)) / b
+  var /= k
+  ind = 0.0
+  for p in range(k):
+    for q in range(k):
+      c = sum(u[i, p] * u[i, q] for i in range(b)) / b
+      ind += (c - (1.0 if p == q else 0.0)) ** 2
+  return quant - lam1 * var + lam2 * ind / k ** 2
+
+
+def np_drh(u, y, m=None, lq=0.01, lb=0.01, lo=0.01):
+  b, k = u.shape
+  sim = np_dsh(u, y, m, alpha=0.0)
+  quant = np.mean([math.log(math.cosh(abs(u[i, j]) - 1)) for i in range(b)
+                   for j in range(k)])
+  bal = np.mean([np.mean(u[:, j]) ** 2 for j in range(k)])
+  ind = np_dh(u, y, lam1=0.0, lam2=1.0) - np_dh(u, y, lam1=0.0, lam2=0.0)
+  return sim + lq * quant + lb * bal + lo * ind
+
+
+def np_fang_ath(u, y, z, m=5.0, lam=1.0, mu=1.0, multi_label=False):
+  ce = np_bce(z, y) if multi_label else np_ce(z, y)
+  return np_dtsh(u, y, m, lam) + mu * ce
+
+
 # -- tests --------------------------------------------------------------------
 
 
@@ -268,6 +300,9 @@ REFERENCES = {
     "lcdsh": lambda u, y, f, z: np_lcdsh(u, y),
     "isdh": lambda u, y, f, z: np_isdh(u, y),
     "dtsh": lambda u, y, f, z: np_dtsh(u, y),
+    "dh": lambda u, y, f, z: np_dh(u, y),
+    "drh": lambda u, y, f, z: np_drh(u, y),
+    "fang_ath": lambda u, y, f, z: np_fang_ath(u, y, z),
     "mth": lambda u, y, f, z: np_mth(u, y, f, z),
     "csq": lambda u, y, f, z: np_csq(u, y),
     "dpn": lambda u, y, f, z: np_dpn(u, y),
@@ -528,3 +563,80 @@ def test_ath_sum_reduction_scales_gradients_by_pair_count():
   _, t = _run("ath", u, y, z=z, reduction="mean")
   np.testing.assert_allclose(t["likelihood"], np_hashnet(u.astype(np.float64), y),
                              rtol=RTOL)
+
+
+# -- the DSH / SA-Hash margin, at pairs that do and do not clamp ---------------
+
+
+def _margin_batch():
+  """Four 4-bit codes, classes [0, 0, 1, 1]: the dissimilar pairs (0, 2) and
+  (1, 2) lie close (D < m, the hinge is active); (0, 3) and (1, 3) lie far
+  apart (D > m: max(m - D, 0) clamps to 0)."""
+  u = np.array([[0.9, 0.8, 0.7, 0.9],
+                [0.6, 0.9, 0.8, 0.5],
+                [0.7, 0.6, 0.9, -0.2],
+                [-0.9, -0.7, -0.8, -0.6]], np.float32)
+  y = np.eye(2, dtype=np.float32)[[0, 0, 1, 1]]
+  return u, y
+
+
+@pytest.mark.parametrize("name", ["dsh", "sa_hash"])
+def test_margin_clamps_only_far_dissimilar_pairs(name):
+  u, y = _margin_batch()
+  m = 8.0                                     # 2K, the default
+  d = ((u[:, None] - u[None]) ** 2).sum(-1)
+  assert d[0, 2] < m and d[1, 2] < m          # hinge active
+  assert d[0, 3] > m and d[1, 3] > m          # clamped
+  # By hand: pairs counted both ways, divided by |P| = 12.
+  want_con = (2 * 0.5 * (d[0, 1] + d[2, 3])
+              + 2 * 0.5 * ((m - d[0, 2]) + (m - d[1, 2]))) / 12
+  z = np.zeros((4, 2), np.float32)
+  loss, terms = losses.get_loss(name)(codes=jnp.asarray(u), labels=jnp.asarray(y),
+                                      logits=jnp.asarray(z))
+  np.testing.assert_allclose(terms["contrastive"], want_con, rtol=1e-5)
+  # Gradient: none from a clamped pair alone, the hinge's push from an
+  # active one: 1/2 (m - D) over the 2 ordered pairs -> -(u_0 - u_2).
+  sub = jnp.asarray(u[[0, 3]]), jnp.asarray(y[[0, 3]])   # clamped pair only
+  g = jax.grad(lambda c: losses.get_loss(name)(
+      codes=c, labels=sub[1], logits=jnp.zeros((2, 2)),
+      regularization_weight=0.0)[1]["contrastive"])(sub[0])
+  np.testing.assert_array_equal(np.asarray(g), 0.0)
+  act = jnp.asarray(u[[0, 2]]), jnp.asarray(y[[0, 2]])   # active pair only
+  g = jax.grad(lambda c: losses.get_loss(name)(
+      codes=c, labels=act[1], logits=jnp.zeros((2, 2)),
+      regularization_weight=0.0)[1]["contrastive"])(act[0])
+  np.testing.assert_allclose(np.asarray(g[0]), -(u[0] - u[2]), rtol=1e-5)
+
+
+# -- jax.test_util.check_grads on every registered loss -----------------------
+
+
+def _smooth_inputs():
+  """Small float64 inputs away from every loss's kinks: |u| in [0.25, 0.75]
+  (no |u| = 0 or 1 in the quantisation terms), so DPN's hinge max(1 - u t, 0)
+  never clamps, and the DSH / SA-Hash distances stay away from m = 2K."""
+  b, k, c, d = 6, 8, 3, 5
+  rng = np.random.RandomState(5)
+  u = np.where(rng.rand(b, k) < 0.5, -1, 1) * rng.uniform(0.25, 0.75, (b, k))
+  y = np.eye(c)[rng.randint(0, c, b)]
+  y[0, (np.argmax(y[0]) + 1) % c] = 1
+  f, z, w = rng.randn(b, d), rng.randn(b, c), rng.randn(k, c) / 4
+  dist = ((u[:, None] - u[None]) ** 2).sum(-1)
+  assert np.abs(dist - 2 * k).min() > 0.1
+  return u, y, f, z, w
+
+
+@pytest.mark.parametrize("name", sorted(losses.LOSSES))
+def test_check_grads_every_registered_loss(name):
+  from jax import test_util as jtu  # pylint: disable=g-import-not-at-top
+  u, y, f, z, w = _smooth_inputs()
+  fn = losses.get_loss(name)
+  with jax.enable_x64(True):
+    y64, w64 = jnp.asarray(y), jnp.asarray(w)
+
+    def loss(u, f, z):
+      return fn(codes=u, labels=y64, features=f, logits=z,
+                code_logits=u @ w64)[0]
+
+    jtu.check_grads(loss, (jnp.asarray(u), jnp.asarray(f), jnp.asarray(z)),
+                    order=1, modes=["rev"])
