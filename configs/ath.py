@@ -5,6 +5,10 @@
   ablations (Table 4): configs/ath.py:no_attention  (-A, no attention branch)
                        configs/ath.py:se            (-A + SE)
                        configs/ath.py:cbam          (-A + CBAM)
+  options (issue #21): configs/ath.py:mask_and_crop  (local view = the masked
+                                                      largest component's box)
+                       configs/ath.py:cam_predicted  (train/database masks
+                                                      from predicted classes)
   and any of them with ",smoke", e.g. configs/ath.py:se,smoke.
 
 Stages (medhash_jax/systems/ath.py): a DenseNet-121 classifier (sigmoid BCE
@@ -39,10 +43,42 @@ Loss, as in the paper / chosen here (issue #21):
     to be picked on validation from (0.1, 10/K, 0.5) (not yet run).
   * eval.ks adds None: nDCG@ALL, which the paper reports at 48 bits.
 
+As in the paper: the DenseNet-121 classifier and its Adam settings; Grad-CAM
++ Otsu masks; the two ResNet-50 branches (24 + 24 bits = 48); tanh(beta z)
+with a rising beta; SGD lr 1e-4, hash layers 10x, momentum 0.9, weight decay
+5e-4, batch 32, 10k iterations; the loss above.
+  * local view (data.local_view = "multiply"): x' = Mask * x at the full frame,
+    Eq. 4 of the paper, resized like the global view. configs/ath.py:
+    mask_and_crop is the design card's form (the masked image cropped to the
+    largest component's box + data.mask_margin), the default before #21 and
+    kept for the ablation. Under both, an empty mask gives the full image,
+    counted per split as a fallback in ath_stages.json (Mask * x would be
+    all zeros: one constant view, hence one code, for every such image).
+  * Grad-CAM classes: true labels for train/database, predicted for
+    val/query, as the paper's test-time setting implies; cam_predicted builds
+    every mask from predicted classes (the two sides alike).
+
+Chosen here, and why:
+  * data: COVID-19 Radiography at 224 px (the paper's ChestX-ray14 is not
+    staged; see above);
+  * no horizontal flip (data.augment.hflip=False): chest X-rays are not
+    left-right symmetric (the heart is on the left); the smoke variant
+    (BreastMNIST) keeps the shared base's flip;
+  * alpha = 0.1, to be picked on validation from (0.1, 10/K, 0.5);
+  * beta schedule (HashNet's: init 1, gamma 0.005, power 0.5, every 200):
+    the paper says only that beta rises;
+  * Grad-CAM reads at least 7x7 cells (ath.cam.min_cells), the paper's grid;
+  * weight decay on weights only (optim.decay_bias_and_norm=False, the
+    shared default): the paper's code is not published, so its choice is
+    unknown.
+
 Pretrained initialisation: the paper fine-tunes ImageNet weights for both
 ResNet-50 branches and the DenseNet-121 classifier; here all start from
 random weights unless `init_from` is given (the converter in
-medhash_jax/models/convert.py fills both branches from one torchvision file).
+medhash_jax/models/convert.py fills both branches from one torchvision file;
+ath.classifier.init_from does the same for the classifier from a torchvision
+DenseNet-121 file). The paper_gpu suite sets both from one flag
+(medhash_jax/experiments/suites.py).
 """
 
 import ml_collections
@@ -51,10 +87,13 @@ from medhash_jax.config import base
 from medhash_jax.systems import ath as ath_system
 
 ABLATIONS = {"no_attention": None, "se": "se", "cbam": "cbam"}
+OPTIONS = ("mask_and_crop", "cam_predicted")
 
 
 def get_config(arg=None):
-  smoke, rest = base.parse_arg(arg, tuple(ABLATIONS))
+  smoke, rest = base.parse_arg(arg, tuple(ABLATIONS) + OPTIONS)
+  options = [r for r in rest if r in OPTIONS]
+  rest = [r for r in rest if r not in OPTIONS]
   if len(rest) > 1:
     raise ValueError(f"pick one ablation of {sorted(ABLATIONS)}, got {rest}")
   ablation = rest[0] if rest else None
@@ -84,6 +123,11 @@ def get_config(arg=None):
     c.data.name = "covid19_radiography"
     c.data.split = "seed"
     c.data.image_size = 224
+    # Chest X-rays are not left-right symmetric (the heart is on the left).
+    c.data.augment.hflip = False
+  # The paper's Eq. 4: x' = Mask * x at the full frame (issue #21).
+  c.data.local_view = ("mask_and_crop" if "mask_and_crop" in options
+                       else "multiply")
   if ablation is None:
     c.model.name = "ath_two_branch"
     c.model.kwargs = ml_collections.ConfigDict(dict(
@@ -108,6 +152,8 @@ def get_config(arg=None):
     c.ath = ath_system.default_section()
     c.ath.classifier.kwargs = ml_collections.ConfigDict(dict(
         small_input=bool(c.model.kwargs.small_input)))
+    if "cam_predicted" in options:
+      c.ath.cam.modes.train = c.ath.cam.modes.database = "predicted"
     if smoke:
       _smoke_stages(c)
   return base.finalize(c)

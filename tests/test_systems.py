@@ -28,7 +28,8 @@ from medhash_jax.train import validation
 STEPS = 6
 CONFIGS = {
     "ath": ("", "smoke", "no_attention", "se", "cbam", "se,smoke",
-            "no_attention,smoke", "cbam,smoke"),
+            "no_attention,smoke", "cbam,smoke", "mask_and_crop",
+            "cam_predicted,smoke", "mask_and_crop,cam_predicted"),
     "mth": ("", "smoke"), "sa_hash": ("", "smoke"),
     **{m: ("", "smoke") for m in ("dsh", "dch", "dfh", "dpn", "isdh", "dtsh",
                                   "lcdsh", "csq", "dpsh", "hashnet", "dh",
@@ -379,6 +380,154 @@ def test_local_views_are_per_split_when_a_record_is_in_two_splits(tmp_path):
   local, _ = store.for_split("database").local_view(image, "b")
   assert local.shape[0] == 4          # the rebuilt, all-ones mask
   assert not os.path.exists(out + ".tmp")
+
+
+def _views_without_classifier(view, margin, masks):
+  """FileLocalViews with its Grad-CAM replaced by given masks (the view
+  step alone: what it does with a mask)."""
+  v = ath_lib.FileLocalViews.__new__(ath_lib.FileLocalViews)
+  v.view, v.margin = view, margin
+  v.masks = lambda images: masks
+  return v
+
+
+def test_ath_view_query_time_equals_train_time_for_both_views(data_dir,
+                                                              tmp_path):
+  """Catches: query-time views (FileLocalViews, the retriever) built with
+  another view than the data layer's, a run's recorded view ignored, or a
+  run recorded before data.local_view served with the multiply view."""
+  from medhash_jax.data import mask_crop
+  from medhash_jax.systems import retriever
+  src = np.load(os.path.join(data_dir, "breastmnist", "breastmnist.npz"))
+  images = [np.repeat(im[..., None], 3, -1) for im in src["test_images"][:3]]
+  rng = np.random.default_rng(0)
+  masks = rng.random((3, 14, 14)) < 0.3      # classifier size != image size
+  masks[2] = False                            # an empty one: the fallback
+  for i, m in enumerate(masks):
+    mask_crop.save_mask(str(tmp_path / "train"), f"r{i}.png", m)
+  for view in mask_crop.LOCAL_VIEWS:
+    store = mask_crop.MaskStore(str(tmp_path), resize_masks=True, margin=0.1,
+                                view=view).for_split("train")
+    query = _views_without_classifier(view, 0.1, masks).views(images)
+    for i, img in enumerate(images):
+      local, fell_back = store.local_view(img, f"r{i}.png")
+      np.testing.assert_array_equal(query[i][0], local)
+      assert query[i][1] == fell_back == (i == 2)
+    assert (query[0][0].shape == images[0].shape) == (view == "multiply")
+  # The retriever's views follow the run's record; older records crop.
+  crec = {"model": "densenet121_classifier", "num_classes": 2, "kwargs": {},
+          "image_size": 14}
+  rec = {"preprocessing": {"channels": 3, "normalize": "half"}}
+  ath = {"cam_mode": "predicted", "mask_margin": 0.1, "multi_label": False}
+  for stored, want in (({"local_view": "multiply"}, "multiply"),
+                       ({}, "mask_and_crop")):
+    v = retriever._local_views({"record": crec, "variables": {}},
+                               dict(ath, **stored), rec)
+    assert v.view == want
+  # The ATH config trains on the paper's multiply view and records it.
+  from configs import ath as ath_config
+  c = ath_config.get_config("smoke")
+  assert c.data.local_view == "multiply"
+  assert ath_lib.hash_config(c, str(tmp_path)).data.local_view == "multiply"
+  assert ath_config.get_config("mask_and_crop").data.local_view == \
+      "mask_and_crop"
+  from medhash_jax.train import defaults
+  assert defaults.key_class("data.local_view") == defaults.MODEL
+  assert defaults.key_class("data.mask_origin") == defaults.MODEL
+
+
+class _TinyClassifier:
+  """A two-conv classifier with random weights, as `make_masks` gets it."""
+
+  def __init__(self, num_classes):
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    from medhash_jax.train import mesh as mesh_lib
+
+    class Trunk(nn.Module):
+      @nn.compact
+      def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+        return nn.Conv(6, (3, 3))(x)
+
+    class Net(nn.Module):
+      @nn.compact
+      def __call__(self, x, train: bool = False):
+        f = Trunk(name="features")(x)
+        return nn.Dense(num_classes, name="head")(
+            jnp.mean(nn.relu(f), axis=(1, 2)))
+
+    rng = np.random.default_rng(1)
+    self.model = Net()
+    shapes = jax.eval_shape(self.model.init, jax.random.key(0),
+                            jnp.zeros((1, 16, 16, 1)))
+    self.variables = jax.tree.map(
+        lambda s: jnp.asarray(rng.normal(size=s.shape), jnp.float32), shapes)
+    self.mesh = mesh_lib.make_mesh(1)
+
+
+class _Split:
+  def __init__(self, images, labels):
+    self.images, self.labels = images, labels
+    self.size = len(images)
+    self.ids = np.asarray([f"x{i}" for i in range(self.size)])
+
+  def __iter__(self):
+    yield {"image": self.images, "labels": self.labels,
+           "index": np.arange(self.size), "valid": np.ones(self.size, bool)}
+
+
+def test_ath_cam_predicted_database_masks_use_predicted_classes(tmp_path):
+  """Catches: `ath.cam.modes.database`/`train` ignored (the database built
+  from true labels whatever the option), or predicted masks that are not
+  the masks of the argmax classes."""
+  import jax.numpy as jnp
+  from skimage.filters import threshold_otsu
+  from configs import ath as ath_config
+  from medhash_jax.cam import gradcam
+  k, n = 3, 12
+  clf = _TinyClassifier(k)
+  rng = np.random.default_rng(2)
+  images = rng.normal(size=(n, 16, 16, 1)).astype(np.float32)
+  labels = np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
+  ds = type("DS", (), {"eval": {s: _Split(images, labels)
+                                for s in ath_lib.SPLITS},
+                       "image_size": 16, "multi_label": False})()
+  logits = np.asarray(clf.model.apply(clf.variables, jnp.asarray(images)))
+  predicted = np.eye(k, dtype=np.float32)[logits.argmax(1)]
+  wrong = (predicted != labels).any(1)
+  assert 0 < wrong.sum() < n          # both cases occur
+
+  def reference(one_hot):   # Grad-CAM of the given classes + skimage's Otsu
+    heat = np.asarray(gradcam.gradcam_flax(
+        clf.model, clf.variables, jnp.asarray(images), jnp.asarray(one_hot),
+        layer="features", mode="true")[0])
+    return np.stack([h > threshold_otsu(h) for h in heat])
+
+  default = ath_lib.cam_modes(ath_config.get_config("smoke"))
+  alike = ath_lib.cam_modes(ath_config.get_config("cam_predicted,smoke"))
+  assert default["database"] == default["train"] == "true"
+  assert alike == dict(default, train="predicted", database="predicted")
+  for modes, want in ((default, labels), (alike, predicted)):
+    root = str(tmp_path / modes["database"])
+    info = ath_lib.make_masks(lambda: clf, ds, 1, modes, root,
+                              layer="features")
+    assert info["database"]["mode"] == modes["database"]
+    for split in ("train", "database"):
+      got = cam.load_masks(os.path.join(root, modes[split]), split) > 0
+      agree = np.mean(got == reference(want), axis=(1, 2))
+      assert agree.min() > 0.99, (modes[split], split, agree)
+  true_db = cam.load_masks(os.path.join(str(tmp_path / "true"), "true"),
+                           "database") > 0
+  pred_db = cam.load_masks(os.path.join(str(tmp_path / "predicted"),
+                                        "predicted"), "database") > 0
+  same = (true_db == pred_db).all(axis=(1, 2))
+  np.testing.assert_array_equal(same, ~wrong)   # differ exactly where wrong
+  # The modes are part of what a run is (a MODEL key of stage 3).
+  origins = {ath_lib.mask_origin(ath_config.get_config(a))
+             for a in ("smoke", "cam_predicted,smoke")}
+  assert len(origins) == 2
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

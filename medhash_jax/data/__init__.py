@@ -51,7 +51,7 @@ split_ratios val_fraction grouped num_query query_fraction num_train
 train_fraction train_in_database image_size channels normalize image_dtype
 jpeg_draft augment.{enabled,random_resized_crop,crop_scale,hflip,vflip,
 rotate_degrees}
-mask_dir mask_margin mask_threshold resize_masks sampling eval_batch_size
+mask_dir local_view mask_origin mask_margin mask_threshold resize_masks sampling eval_batch_size
 num_workers worker_buffer_size read_threads prefetch_buffer_size``.
 
 Lower-level pieces: :func:`get_source` (registry; unknown names raise),

@@ -9,6 +9,7 @@ from absl import logging
 import grain
 import numpy as np
 
+from medhash_jax.data import mask_crop as mask_crop_lib
 from medhash_jax.data import splits as splits_lib
 from medhash_jax.data.mask_crop import MaskStore
 from medhash_jax.data.pipeline import EvalDataset, ExampleLoader, train_dataset
@@ -163,7 +164,9 @@ def build_datasets(data_config, *, workdir: str | None, global_batch_size: int,
   mask_dir = _get(data_config, "mask_dir", "")
   masks = (MaskStore(mask_dir, threshold=float(_get(data_config, "mask_threshold", 0.0)),
                      resize_masks=bool(_get(data_config, "resize_masks", False)),
-                     margin=float(_get(data_config, "mask_margin", 0.05)))
+                     margin=float(_get(data_config, "mask_margin", 0.05)),
+                     view=str(_get(data_config, "local_view",
+                                   mask_crop_lib.LEGACY_LOCAL_VIEW)))
            if mask_dir else None)
   if (masks is None and _get(data_config, "jpeg_draft", True)
       and hasattr(source, "draft_size")):

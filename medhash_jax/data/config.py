@@ -60,9 +60,15 @@ def default_data_config() -> ml_collections.ConfigDict:
       rotate_degrees=10.0,
   ))
 
-  # --- mask-and-crop (two-branch local view) -------------------------------
+  # --- the two-branch local view (data/mask_crop.py) -----------------------
   c.mask_dir = ""          # "" = no local view; else <mask_dir>/[<split>/]<id>.png|.npy
-  c.mask_margin = 0.05     # margin around the largest component, x (H, W)
+  c.local_view = "mask_and_crop"  # multiply (mask * image, full frame: seed
+                                  # 000 Eq. 4) | mask_and_crop (largest
+                                  # component's box); configs/ath.py: multiply
+  c.mask_origin = ""       # what made the masks (ATH's stage 3 writes its
+                           # Grad-CAM class modes and layer): recorded so a
+                           # run is never resumed or served with other masks
+  c.mask_margin = 0.05     # mask_and_crop: margin around the largest component, x (H, W)
   c.mask_threshold = 0.0   # foreground = mask value > threshold
   c.resize_masks = False   # allow masks of another size (nearest resize)
 

@@ -1,14 +1,31 @@
-"""Mask-and-crop: the local view of the attention (ATH) two-branch models.
+"""The local view of the attention (ATH) two-branch models.
 
 Given an image and its binary attention mask (made by the Grad-CAM + Otsu
-stage, ``medhash_jax.cam``), the local view is
+stage, ``medhash_jax.cam``), ``data.local_view`` picks one of two views
+(``LOCAL_VIEWS``):
 
-    local = resize((image ⊙ mask)[y0 - my : y1 + my, x0 - mx : x1 + mx], size)
+* ``"multiply"`` -- seed 000's Eq. 4, x' = Mask ⊙ x at the full frame:
 
-where [y0, y1) x [x0, x1) is the bounding box of the largest 8-connected
-component of the mask and (my, mx) = round(margin * (H, W)), the box clipped to
-the image. An empty mask falls back to the full, unmasked image; the caller
-counts those (the pipeline reports a per-example ``local_fallback`` flag).
+      local = resize(image ⊙ mask, size)
+
+* ``"mask_and_crop"`` -- the design card's form (the default before issue
+  #21): the masked image cropped to the largest component,
+
+      local = resize((image ⊙ mask)[y0 - my : y1 + my, x0 - mx : x1 + mx], size)
+
+  where [y0, y1) x [x0, x1) is the bounding box of the largest 8-connected
+  component of the mask and (my, mx) = round(margin * (H, W)), the box
+  clipped to the image.
+
+An empty mask gives the full, unmasked image under both views (Mask ⊙ x would
+be all zeros: one constant view, hence one code, for every such image); the
+caller counts those as fallbacks (the pipeline reports a per-example
+``local_fallback`` flag, ATH's stage record the count per split).
+
+The data layer (``MaskStore.local_view``, training and evaluation) and ATH's
+query-time views of loose files (``systems.ath.FileLocalViews``, the
+retriever) all call ``local_view`` with the run's ``data.local_view``, so
+training and query time build the same view.
 
 Mask files: ``<mask_dir>/<mask_key(id)>.png`` (nonzero = foreground) or
 ``.npy`` (values > ``threshold``), at the native resolution of the image. A
@@ -39,6 +56,9 @@ from scipy import ndimage
 from medhash_jax.data.records import BadRecordError
 
 _EIGHT = np.ones((3, 3), bool)
+LOCAL_VIEWS = ("multiply", "mask_and_crop")
+# The view of runs recorded before data.local_view existed.
+LEGACY_LOCAL_VIEW = "mask_and_crop"
 MASK_SPLITS = ("train", "val", "query", "database")
 
 
@@ -128,6 +148,31 @@ def mask_and_crop(image: np.ndarray, mask: np.ndarray, *, margin: float = 0.05
   return local, False
 
 
+def multiply(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, bool]:
+  """Returns (image ⊙ mask at the full frame, fell_back): seed 000's Eq. 4;
+  an empty mask gives the full, unmasked image (module docstring)."""
+  if mask.shape != image.shape[:2]:
+    raise ValueError(f"mask shape {mask.shape} != image shape {image.shape[:2]}")
+  if not mask.any():
+    return image, True
+  return image * mask[..., None].astype(image.dtype), False
+
+
+def check_local_view(view: str, where: str = "data.local_view") -> str:
+  if view not in LOCAL_VIEWS:
+    raise ValueError(f"{where}={view!r}; expected one of {LOCAL_VIEWS}")
+  return view
+
+
+def local_view(image: np.ndarray, mask: np.ndarray, *, view: str,
+               margin: float = 0.05) -> tuple[np.ndarray, bool]:
+  """(local uint8 view before resizing, fell_back) of ``view`` (LOCAL_VIEWS);
+  ``margin`` only matters for "mask_and_crop"."""
+  if check_local_view(view) == "multiply":
+    return multiply(image, mask)
+  return mask_and_crop(image, mask, margin=margin)
+
+
 def resize_mask(mask: np.ndarray, shape) -> np.ndarray:
   """bool mask resized (nearest neighbour) to (H, W) = shape."""
   h, w = int(shape[0]), int(shape[1])
@@ -139,9 +184,11 @@ class MaskStore:
   """Finds, loads and checks the mask of a record (picklable for workers)."""
 
   def __init__(self, mask_dir: str, *, threshold: float = 0.0,
-               resize_masks: bool = False, margin: float = 0.05):
+               resize_masks: bool = False, margin: float = 0.05,
+               view: str = LEGACY_LOCAL_VIEW):
     if not os.path.isdir(mask_dir):
       raise FileNotFoundError(f"data.mask_dir={mask_dir} is not a folder.")
+    self.view = check_local_view(view)
     self.mask_dir = mask_dir
     self.threshold = threshold
     self.resize_masks = resize_masks
@@ -167,7 +214,8 @@ class MaskStore:
           f"data.mask_dir={self.mask_dir} has per-split mask folders "
           f"{present} but none for split {split!r} (expected {d})")
     store = MaskStore(d, threshold=self.threshold,
-                      resize_masks=self.resize_masks, margin=self.margin)
+                      resize_masks=self.resize_masks, margin=self.margin,
+                      view=self.view)
     store.split = split
     return store
 
@@ -187,4 +235,4 @@ class MaskStore:
             f"mask shape {m.shape} does not match image shape {image.shape[:2]}"
             " (set data.resize_masks=True to resize masks)", file=p, row=where)
       m = resize_mask(m, image.shape[:2])
-    return mask_and_crop(image, m, margin=self.margin)
+    return local_view(image, m, view=self.view, margin=self.margin)

@@ -151,8 +151,10 @@ SUITES: Dict[str, Suite] = {
         description="Paper scale for one GPU: the methods' own configs "
         "(ResNet-50 / DenseNet-121 at 224 px with the ImageNet stem, MTH at "
         "224 px; random initialisation -- the papers fine-tune ImageNet "
-        "weights: add --set init_from=PATH for converted torchvision "
-        "weights) on HAM10000 with lesion-grouped seed splits; the "
+        "weights: add --set init_from_resnet50=resnet50.pth --set "
+        "init_from_densenet121=densenet121.pth (torchvision files) and every "
+        "run with that backbone starts from them, ATH's classifier included) "
+        "on HAM10000 with lesion-grouped seed splits; the "
         "staged images are 128 px, so 224 px is an upsampling. "
         "launch/gpu_session.sh runs it inside a time budget.",
         methods=ALL_DEEP, seeds=(0,), variant="",
@@ -191,6 +193,35 @@ def _has_section(c: ml_collections.ConfigDict, key: str) -> bool:
   return key.split(".")[0] in c
 
 
+# Suite settings naming a pretrained file per backbone architecture
+# (`--set init_from_resnet50=PATH`): each run whose backbone it is gets it as
+# its `init_from` (both ATH branches, SA-Hash's and the baselines' ResNet-50),
+# and ATH's classifier as `ath.classifier.init_from` (its DenseNet-121).
+# MTH has no backbone and stays random, as in its paper.
+PRETRAINED_SETTINGS = {"init_from_resnet50": "resnet50",
+                       "init_from_densenet121": "densenet121"}
+_CLASSIFIER_ARCH = {"densenet121_classifier": "densenet121",
+                    "resnet50_classifier": "resnet50",
+                    "resnet18_classifier": "resnet18"}
+
+
+def backbone_arch(c: ml_collections.ConfigDict) -> str:
+  """The torchvision architecture of a run's hash model's backbone ("" for
+  a model without one, e.g. MTH)."""
+  if c.model.name in ("resnet18", "resnet50", "densenet121"):
+    return str(c.model.name)
+  return str(c.model.kwargs.get("backbone", ""))
+
+
+def _set_pretrained(c: ml_collections.ConfigDict, settings: Dict[str, Any]):
+  paths = {PRETRAINED_SETTINGS[k]: str(v) for k, v in settings.items()
+           if k in PRETRAINED_SETTINGS and v}
+  if backbone_arch(c) in paths:
+    c.init_from = paths[backbone_arch(c)]
+  if "ath" in c and _CLASSIFIER_ARCH.get(c.ath.classifier.model) in paths:
+    c.ath.classifier.init_from = paths[_CLASSIFIER_ARCH[c.ath.classifier.model]]
+
+
 def method_config(suite: Suite, method: str, bits: int, seed: int,
                   stage_root: str, steps: Optional[int] = None
                   ) -> ml_collections.ConfigDict:
@@ -207,6 +238,7 @@ def method_config(suite: Suite, method: str, bits: int, seed: int,
   config_overrides.apply(
       c, [(k, v) for k, v in suite.settings.items() if _has_section(c, k)],
       "--set")
+  _set_pretrained(c, suite.settings)
   if steps:
     c.train.num_steps = int(steps)
     if "ath" in c:

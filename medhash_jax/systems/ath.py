@@ -31,10 +31,19 @@ resumes), a mask cache whose ids, classifier step, class mode and image size
 match is reused (a mismatch raises: delete the folder to recompute), and stage
 3 resumes from the workdir's checkpoints like any run.
 
-Class modes (`ath.cam.modes`): Grad-CAM weights the classes of the true labels
-on the splits the model learns from and searches in (train, database) and the
-predicted classes on the splits that play the query (val, query), as at test
-time the query's labels are unknown.
+Class modes (`ath.cam.modes`): by default Grad-CAM weights the classes of the
+true labels on the splits the model learns from and searches in (train,
+database) and the predicted classes on the splits that play the query (val,
+query), as at test time the query's labels are unknown. The two sides are
+then built differently; `ath.cam.modes.train = ath.cam.modes.database =
+"predicted"` (configs/ath.py:cam_predicted) builds every mask the way a query's
+is. The modes and the CAM layer go into stage 3's `data.mask_origin` (a MODEL
+key), so a run is never resumed or served with masks made otherwise.
+
+The local view of stage 3 is `data.local_view` (data/mask_crop.py):
+"multiply" (x' = Mask * x at the full frame, the paper's Eq. 4) or
+"mask_and_crop"; the data layer and the query-time `FileLocalViews` (and the
+retriever, from the run's inference record) build the same one.
 
 The local views are the data layer's per-split mask layout
 (`data.mask_crop`): `{local_view}/{split}/{id}.png`, so a record in two
@@ -78,6 +87,9 @@ def default_section() -> ml_collections.ConfigDict:
           batch_size=32,
           optimizer="adam", learning_rate=1e-4, b1=0.9, b2=0.999, eps=1e-8,
           momentum=0.9, weight_decay=0.0, schedule="constant",
+          # "" = random weights; else an orbax checkpoint or a torchvision
+          # DenseNet-121 .pth/.safetensors (models/convert.py), weights only.
+          init_from="",
           log_every_steps=50, checkpoint_every_steps=500),
       cam=dict(
           modes=dict(train="true", val="predicted", query="predicted",
@@ -139,6 +151,29 @@ def local_view_dir(config, workdir: str) -> str:
   return os.path.join(stage_dir(config, workdir), "masks", LOCAL_VIEW_DIR)
 
 
+def cam_modes(config) -> Dict[str, str]:
+  """{split: "true" | "predicted"}: the Grad-CAM classes of each split's
+  masks (`ath.cam.modes`; see the module docstring)."""
+  modes = dict(config[SECTION].cam.modes.to_dict())
+  missing = [s for s in SPLITS if s not in modes]
+  if missing:
+    raise ValueError(f"ath.cam.modes lacks {missing}")
+  for split, mode in modes.items():
+    if mode not in cam.CLASS_MODES:
+      raise ValueError(f"ath.cam.modes.{split}={mode!r}; expected one of "
+                       f"{cam.CLASS_MODES}")
+  return modes
+
+
+def mask_origin(config) -> str:
+  """Stage 3's `data.mask_origin` (a MODEL key): the class modes and layer
+  its masks were made with, so a run is never resumed or served with masks
+  made otherwise (e.g. database masks of predicted instead of true classes)."""
+  modes = cam_modes(config)
+  return ("ath grad-cam " + " ".join(f"{s}={modes[s]}" for s in SPLITS) +
+          f" layer={cam_layer(config) or 'last'}")
+
+
 def hash_config(config, workdir: str, *,
                 multi_label: Optional[bool] = None
                 ) -> ml_collections.ConfigDict:
@@ -155,6 +190,7 @@ def hash_config(config, workdir: str, *,
   c = ml_collections.ConfigDict(d)
   c.data.mask_dir = local_view_dir(config, workdir)
   c.data.resize_masks = True   # masks are at the classifier's input size
+  c.data.mask_origin = mask_origin(config)
   if multi_label is not None and "multi_label" in c.loss.kwargs:
     if bool(c.loss.kwargs.multi_label) != bool(multi_label):
       logging.info("ath: loss.kwargs.multi_label=%s to match the dataset",
@@ -430,10 +466,7 @@ def prepare(config, workdir: str) -> Dict[str, Any]:
   if step is None:
     step = get_clf().step
   t1 = time.perf_counter()
-  modes = dict(sec.cam.modes.to_dict())
-  missing = [s for s in SPLITS if s not in modes]
-  if missing:
-    raise ValueError(f"ath.cam.modes lacks {missing}")
+  modes = cam_modes(config)
   masks_root = os.path.join(sdir, "masks")
   info = make_masks(get_clf, ds, step, modes, masks_root, layer=layer)
   manifest = assemble_local_view_dir(
@@ -506,8 +539,9 @@ def train_and_evaluate(config, workdir: str, **kwargs) -> Dict[str, Any]:
 class FileLocalViews:
   """The local views of loose image files (query time, `--mode=encode|search
   --input=...`): the stage-1 classifier's Grad-CAM of the predicted classes
-  (`ath.cam.modes.query`), Otsu, mask-and-crop at the image's own
-  resolution -- the steps stage 2 and the data layer take for a split.
+  (`ath.cam.modes.query`), Otsu, the run's `data.local_view` (mask * image
+  or mask-and-crop) at the image's own resolution -- the steps stage 2 and
+  the data layer take for a split.
 
   Call: `views(images)` with a list of uint8 (H, W, C) images -> list of
   (local uint8 view, fell_back) in the same order.
@@ -522,6 +556,8 @@ class FileLocalViews:
     if multi_label is None:  # no stage record: the config's own setting
       multi_label = bool(config.loss.kwargs.get("multi_label", False))
     self.mode = str(config[SECTION].cam.modes.query)
+    self.view = mask_crop.check_local_view(str(config.data.get(
+        "local_view", mask_crop.LEGACY_LOCAL_VIEW)))
     self.margin = float(config.data.mask_margin)
     self.batch_size = int(batch_size)
     self.size = int(record["image_size"])
@@ -558,7 +594,8 @@ class FileLocalViews:
       m = np.asarray(m, bool)
       if m.shape != img.shape[:2]:   # nearest, as data.resize_masks does
         m = mask_crop.resize_mask(m, img.shape[:2])
-      out.append(mask_crop.mask_and_crop(img, m, margin=self.margin))
+      out.append(mask_crop.local_view(img, m, view=self.view,
+                                      margin=self.margin))
     return out
 
 
@@ -613,7 +650,8 @@ def attention_record(stages: Dict[str, Any]) -> Dict[str, Any]:
 def record_inference(config, workdir: str, multi_label: Optional[bool]):
   """Adds what query-time Grad-CAM needs to the run's inference.json (the
   stage-3 config has no `ath` section): the classifier's folder (relative
-  when inside the workdir), the query class mode, the mask margin."""
+  when inside the workdir), the query class mode, the local view and its
+  mask margin."""
   from medhash_jax.train import run_files  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     return
@@ -624,6 +662,8 @@ def record_inference(config, workdir: str, multi_label: Optional[bool]):
       "cam_mode": str(config[SECTION].cam.modes.query),
       # The block Grad-CAM reads ("" = the model's last feature map).
       "cam_layer": cam_layer(config) or "",
+      "local_view": str(config.data.get("local_view",
+                                        mask_crop.LEGACY_LOCAL_VIEW)),
       "mask_margin": float(config.data.mask_margin),
       "multi_label": bool(multi_label if multi_label is not None else
                           config.loss.kwargs.get("multi_label", False))})

@@ -89,6 +89,14 @@ class _Stage1:
       self.state = self.state.replace_from_checkpoint(restored)
       logging.info("classifier: restored step %d of %d from %s", self.start,
                    int(cls_cfg.num_steps), self.ckpt.directory)
+    elif cls_cfg.get("init_from", ""):
+      # Weights only, before the first step (the paper fine-tunes an
+      # ImageNet DenseNet-121): an orbax checkpoint or a torchvision file.
+      params, stats = ckpt_lib.load_weights(
+          str(cls_cfg.init_from), self.state.params, self.state.batch_stats,
+          converter=models.pretrained_converter(cls_cfg.model))
+      self.state = self.state.replace(params=params, batch_stats=stats)
+      logging.info("classifier: initialised from %s", cls_cfg.init_from)
 
   def classifier(self, metrics) -> Classifier:
     return Classifier(self.task.model, self.state.variables(), self.ds,
@@ -173,10 +181,14 @@ def load_for_inference(stage_dir: str):
 
 def run_record(config, cls_cfg, ds) -> Dict[str, Any]:
   """What identifies a classifier run (checked when a stage dir is reused)."""
-  return {"model": cls_cfg.model, "kwargs": cls_cfg.kwargs.to_dict(),
-          "num_classes": ds.num_classes, "image_size": ds.image_size,
-          "data": config.data.name, "split": config.data.split,
-          "split_seed": int(config.data.split_seed), "seed": int(config.seed)}
+  record = {"model": cls_cfg.model, "kwargs": cls_cfg.kwargs.to_dict(),
+            "num_classes": ds.num_classes, "image_size": ds.image_size,
+            "data": config.data.name, "split": config.data.split,
+            "split_seed": int(config.data.split_seed),
+            "seed": int(config.seed)}
+  if cls_cfg.get("init_from", ""):  # absent when unset: older records match
+    record["init_from"] = str(cls_cfg.init_from)
+  return record
 
 
 def finished_step(config, cls_cfg, ds, stage_dir: str) -> Optional[int]:

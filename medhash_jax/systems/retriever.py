@@ -61,6 +61,7 @@ import numpy as np
 from PIL import Image
 
 from medhash_jax import data as data_lib
+from medhash_jax.data import mask_crop
 from medhash_jax.retrieval import HammingIndex
 from medhash_jax.retrieval import layout as layout_lib
 from medhash_jax.retrieval import pack_codes
@@ -451,6 +452,10 @@ def _local_views(classifier: Dict[str, Any], ath: Dict[str, Any], rec):
 
     def __init__(self):  # pylint: disable=super-init-not-called
       self.mode = str(ath["cam_mode"])
+      # A run recorded before data.local_view was trained on mask-and-crop.
+      self.view = mask_crop.check_local_view(
+          str(ath.get("local_view", mask_crop.LEGACY_LOCAL_VIEW)),
+          "the run's ath.local_view")
       self.margin = float(ath["mask_margin"])
       self.batch_size = 8
       self.size = int(crec["image_size"])

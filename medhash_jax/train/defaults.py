@@ -58,6 +58,9 @@ KEY_CLASSES = {
     "data.skip_bad": OPERATIONAL,
     "data.verify": OPERATIONAL,
     "data.mask_dir": OPERATIONAL,
+    # Which local view (mask * image, or mask-and-crop) the codes were
+    # trained on: a run is never served with the other.
+    "data.local_view": MODEL,
     "data.eval_batch_size": OPERATIONAL,
     "data.num_workers": LOGISTICS,
     "data.worker_buffer_size": LOGISTICS,

@@ -110,3 +110,48 @@ def test_per_split_layout_reads_each_splits_mask(tmp_path):
   # A flat folder serves every split from the same files.
   flat = mask_crop.MaskStore(str(tmp_path / "train"))
   assert not flat.per_split and flat.for_split("query") is flat
+
+
+# ---------------------------------------------- data.local_view (issue #21) --
+
+def _real_image_and_mask(covid_pngs):
+  """A staged chest X-ray (uint8 (H, W, 3)) and a two-blob mask."""
+  from medhash_jax.data import transforms
+  image = transforms.to_channels(transforms.decode_image(covid_pngs[0]), 3)
+  h, w = image.shape[:2]
+  mask = np.zeros((h, w), bool)
+  mask[h // 4:h // 2, w // 5:w // 2] = True
+  mask[3 * h // 4:3 * h // 4 + 4, 3 * w // 4:3 * w // 4 + 4] = True
+  return image, mask
+
+
+def test_multiply_view_is_mask_times_image_at_full_frame(covid_pngs, tmp_path):
+  """Catches: the multiply view cropping, not masking, masking the wrong
+  channels, or an empty mask giving zeros (or not counted as a fallback);
+  and the mask_and_crop view changed by the new option."""
+  image, mask = _real_image_and_mask(covid_pngs)
+  want = mask[..., None] * image                    # seed 000 Eq. 4, numpy
+  got, fell_back = mask_crop.local_view(image, mask, view="multiply")
+  assert not fell_back and got.dtype == np.uint8
+  np.testing.assert_array_equal(got, want)
+  assert got.shape == image.shape and got.any()
+  # mask_and_crop is the old view, unchanged: the masked largest box.
+  crop, _ = mask_crop.local_view(image, mask, view="mask_and_crop", margin=0.0)
+  y0, y1, x0, x1 = _reference_box(mask, 0.0)
+  np.testing.assert_array_equal(crop, want[y0:y1, x0:x1])
+  # Empty mask: the full image under both views, counted as a fallback.
+  for view in mask_crop.LOCAL_VIEWS:
+    local, fell = mask_crop.local_view(image, np.zeros_like(mask), view=view)
+    assert fell and local is image, view
+  with pytest.raises(ValueError, match=r"data.local_view='crop'"):
+    mask_crop.local_view(image, mask, view="crop")
+  # The data layer's store builds the same views from a mask file.
+  mask_crop.save_mask(str(tmp_path), "x.png", mask)
+  for view, ref in (("multiply", want), ("mask_and_crop", crop)):
+    store = mask_crop.MaskStore(str(tmp_path), margin=0.0, view=view)
+    local, _ = store.for_split("train").local_view(image, "x.png")
+    np.testing.assert_array_equal(local, ref)
+  # The default store (and runs recorded before the option) crop.
+  assert mask_crop.MaskStore(str(tmp_path)).view == "mask_and_crop"
+  with pytest.raises(ValueError, match="data.local_view"):
+    mask_crop.MaskStore(str(tmp_path), view="nope")
