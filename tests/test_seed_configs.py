@@ -27,3 +27,15 @@ def test_sa_hash_no_hflip_and_decays_everything():
   c = sa_cfg.get_config()
   assert c.data.augment.hflip is False
   assert c.optim.decay_bias_and_norm is True
+
+
+def test_ath_local_view_flip_and_options():
+  """Catches: ATH back on mask-and-crop by default, chest X-rays flipped
+  left-right at paper scale, or the options not reaching the config."""
+  c = ath_cfg.get_config()
+  assert c.data.local_view == "multiply" and c.data.augment.hflip is False
+  assert ath_cfg.get_config("smoke").data.augment.hflip is True  # BreastMNIST
+  assert ath_cfg.get_config("mask_and_crop").data.local_view == "mask_and_crop"
+  modes = ath_cfg.get_config("cam_predicted").ath.cam.modes
+  assert (modes.train, modes.database, modes.query) == ("predicted",) * 3
+  assert ath_cfg.get_config().ath.classifier.init_from == ""

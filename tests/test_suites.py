@@ -143,3 +143,33 @@ def test_suite_with_settings_is_a_new_suite_value():
   assert experiments.with_overrides(s, {"seed": "1"}).settings == {
       "train.num_steps": "3", "seed": "1"}
   assert suite.overrides["train.num_steps"] == 10 and not suite.settings
+
+
+def test_paper_gpu_pretrained_paths_reach_each_runs_backbone(tmp_path):
+  """Catches: a pretrained path not plumbed (run from random weights), the
+  DenseNet file given to a ResNet-50 (or the reverse), ATH's classifier left
+  random, or MTH (no backbone) handed a file it cannot load."""
+  suite = experiments.with_overrides(
+      experiments.SUITES["paper_gpu"],
+      {"init_from_resnet50": "/w/r50.pth",
+       "init_from_densenet121": "/w/d121.pth"})
+  want = {"ath": ("/w/r50.pth", "/w/d121.pth"), "sa_hash": ("/w/r50.pth", None),
+          "ath:se": ("/w/r50.pth", None), "mth": ("", None)}
+  for method, (hash_init, cls_init) in want.items():
+    c = experiments.method_config(suite, method, 48, 0, str(tmp_path))
+    assert c.init_from == hash_init, method
+    if cls_init is not None:
+      assert c.ath.classifier.init_from == cls_init
+      assert ath_lib.hash_config(c, str(tmp_path)).init_from == hash_init
+  for method in experiments.suites.BASELINES:   # the ResNet-50 baselines too
+    c = experiments.method_config(suite, method, 48, 0, str(tmp_path))
+    assert experiments.suites.backbone_arch(c) == "resnet50", method
+    assert c.init_from == "/w/r50.pth", method
+  # Only one file given: only its architecture's runs get it.
+  one = experiments.with_overrides(experiments.SUITES["paper_gpu"],
+                                   {"init_from_densenet121": "/w/d121.pth"})
+  c = experiments.method_config(one, "ath", 48, 0, str(tmp_path))
+  assert (c.init_from, c.ath.classifier.init_from) == ("", "/w/d121.pth")
+  plain = experiments.method_config(experiments.SUITES["paper_gpu"], "ath",
+                                    48, 0, str(tmp_path))
+  assert (plain.init_from, plain.ath.classifier.init_from) == ("", "")

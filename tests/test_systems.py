@@ -596,3 +596,38 @@ def test_smoke_variant_trains_and_evaluates(name, arg, data_dir,
   assert 0.0 <= test["map@10"] <= 1.0 and 0.0 < test["map@10/chance"] < 1.0
   assert os.path.isfile(os.path.join(wd, "results.json"))
   assert os.path.isfile(results["index_file"])
+
+
+def test_ath_classifier_init_from_loads_before_the_first_step(
+    data_dir, tmp_path, monkeypatch):
+  """Catches: `ath.classifier.init_from` ignored (the classifier random
+  whatever the flag), loaded without the DenseNet converter, or missing from
+  the classifier's run record (a stage folder reused across inits)."""
+  import jax
+  from configs import ath as ath_config
+  c = ath_config.get_config("smoke")
+  with c.unlocked():
+    c.data.root = data_dir
+  cls = c.ath.classifier
+  ds = classifier_lib.build_plain_datasets(c, str(tmp_path), 32, 28)
+  calls = []
+
+  def fake_load(path, params, stats, converter=None):
+    calls.append((path, converter))
+    return jax.tree.map(lambda p: p + 1.0, params), stats
+
+  monkeypatch.setattr(classifier_lib.ckpt_lib, "load_weights", fake_load)
+  try:
+    scratch = classifier_lib._Stage1(c, cls, ds, str(tmp_path / "a"))
+    assert not calls and "init_from" not in scratch.record
+    with c.unlocked():
+      cls.init_from = "/w/densenet121.pth"
+    loaded = classifier_lib._Stage1(c, cls, ds, str(tmp_path / "b"))
+  finally:
+    ds.close()
+  assert [p for p, _ in calls] == ["/w/densenet121.pth"] and calls[0][1]
+  assert loaded.record["init_from"] == "/w/densenet121.pth"
+  diffs = jax.tree.leaves(jax.tree.map(
+      lambda a, b: float(np.max(np.abs(np.asarray(b) - np.asarray(a) - 1))),
+      scratch.state.params, loaded.state.params))
+  assert max(diffs) < 1e-6       # the loaded weights, not a fresh init

@@ -1,8 +1,10 @@
 """Otsu's threshold in jnp: histogram-based, jittable, batched.
 
 A bit-for-bit transcription of ``skimage.filters.threshold_otsu(image,
-nbins=256)`` for float32 images (scikit-image 0.26 on numpy 2.x), so that the
-masks made here are the masks the paper's scikit-image pipeline would make:
+nbins=256)`` for float32 images (scikit-image 0.26 on numpy 2.x): the masks
+made here equal scikit-image's ``image > threshold_otsu(image)``, the
+independent reference of the tests (tests/test_cam.py). The seed paper says
+only "Otsu's method" and names no implementation:
 
 1. Histogram (``np.histogram(image, bins=nbins)`` over [min, max]): edges
    ``e_i = fl32(fl32(i * step) + min)`` with ``step = fl32(max - min) / nbins``
@@ -21,7 +23,8 @@ differently; near-ties in the variance would otherwise pick another bin.
 
 Edge cases (decided to match scikit-image):
 * A constant image returns its value (skimage's early return), so its mask
-  ``image > t`` is empty; the mask-and-crop then falls back to the full image.
+  ``image > t`` is empty; the local view (data/mask_crop.py) then falls back
+  to the full image.
 * NaN or Inf in the image: scikit-image raises; under jit the threshold is
   undefined (NaN or garbage). :func:`threshold_otsu_np_checked` checks first.
 * A range [min, max] narrower than 256 float32 steps: numpy cannot make 256
