@@ -54,11 +54,12 @@ with a rising beta; SGD lr 1e-4, hash layers 10x, momentum 0.9, weight decay
     kept for the ablation. Under both, an empty mask gives the full image,
     counted per split as a fallback in ath_stages.json (Mask * x would be
     all zeros: one constant view, hence one code, for every such image).
-  * Grad-CAM classes: true labels for train/database, predicted for
-    val/query, as the paper's test-time setting implies; cam_predicted builds
-    every mask from predicted classes (the two sides alike).
 
 Chosen here, and why:
+  * Grad-CAM classes: true labels for train/database, predicted for
+    val/query (a query's labels are unknown at test time; the paper does not
+    say which classes the database's maps weight); cam_predicted builds
+    every mask from predicted classes, the two sides alike (to be compared);
   * data: COVID-19 Radiography at 224 px (the paper's ChestX-ray14 is not
     staged; see above);
   * no horizontal flip (data.augment.hflip=False): chest X-rays are not
@@ -69,8 +70,10 @@ Chosen here, and why:
     the paper says only that beta rises;
   * Grad-CAM reads at least 7x7 cells (ath.cam.min_cells), the paper's grid;
   * weight decay on weights only (optim.decay_bias_and_norm=False, the
-    shared default): the paper's code is not published, so its choice is
-    unknown.
+    shared default), unlike PyTorch's weight_decay, which decays every
+    parameter (SA-Hash's config follows PyTorch); to be compared here;
+  * Grad-CAM on the classifier's last map at its own image size, masks
+    resized (nearest) to each image (data.resize_masks).
 
 Pretrained initialisation: the paper fine-tunes ImageNet weights for both
 ResNet-50 branches and the DenseNet-121 classifier; here all start from

@@ -16,20 +16,19 @@ and the loss uses exactly those b triplets (3x the images per step);
 data.sampling="random" (in-batch mining over every valid triplet of a random
 batch, the form before issue #21) is kept as an option.
 
-Not given by the paper, chosen here: Adam lr 1e-3 with cosine decay (the
-network is trained from scratch), 64 px inputs (the staged HAM10000 images
-are 128 px), 48 bits, 2000 steps of 32. The full-resolution dense blocks make
-this a GPU-minutes / CPU-hours run (about 4 s per step on 2 CPU cores).
-With no $MEDHASH_DATA_DIR the staged ../shared/data is used.
+The full-resolution dense blocks make this a GPU-minutes / CPU-hours run
+(about 4 s per step on 2 CPU cores). With no $MEDHASH_DATA_DIR the staged
+../shared/data is used.
 
 Loss (issue #21): the semantic term L_s is the paper's (seed 001 section
 3.3): cross-entropy of a projection rho of the codes onto the classes
 (MTHNet's "code_logits"); loss.kwargs.semantic="pairwise" is the older
 inner-product regression, NOT the paper's, kept as an ablation.
 
-As in the paper: the network shape (1x1/3x3/5x5, 16 filters, dense blocks of
-4 bottlenecks with growth 8, FC-1024), tanh hash layer beside a class layer,
-the three loss terms. Chosen here (the paper gives no value; each is to be
+As in the paper: the triplet units as the batch (data.sampling="triplet"),
+L_s as the projection's cross-entropy, the network shape (1x1/3x3/5x5, 16
+filters, dense blocks of 4 bottlenecks with growth 8, FC-1024), tanh hash
+layer beside a class layer, the three loss terms. Chosen here (the paper gives no value; each is to be
 picked on validation, which has not been run yet):
   * eta (code margin) = K / 8 Hamming units;  delta (feature margin) = 0.5;
   * alpha (hierarchical weight) = 1, beta (category weight) = 1;
@@ -39,6 +38,13 @@ picked on validation, which has not been run yet):
   * attention_size = 16: the map is max-pooled to <= 16 x 16 positions
     before the attention (a CPU-affordable choice; the paper attends the
     full map).
+  * optimiser: Adam lr 1e-3, cosine decay, no weight decay, no faster hash
+    layer (head_lr_mult 1): the network is trained from scratch, and the
+    paper gives no optimiser settings;
+  * 64 px inputs (the staged HAM10000 images are 128 px), 48 bits, 2000
+    steps of 32 triplet units (3 x 32 images per step);
+  * augmentation: the shared base's (random resized crop, horizontal flip,
+    10 degree rotation) plus vertical flip: dermoscopy has no up or down.
 MTHNet has no stem and starts from random weights (as in the paper); any
 init_from is an orbax checkpoint of this library.
 """

@@ -21,11 +21,31 @@ at 0.01); the paper's own values are not reproduced here. The OCR of the paper
 still shows lr 0.001; that value is to be tried on validation (issue #21, not
 yet run).
 
-As in the paper's code: weight decay on every parameter, biases and
-BatchNorm included (optim.decay_bias_and_norm=True). Chosen here: no
-horizontal flip (data.augment.hflip=False) on the paper-scale chest X-ray
-data, since the heart is on one side; the smoke variant (BreastMNIST) keeps
-the shared base's flip.
+As in the paper (and its code): the network above (ResNet-50, two
+feature-refined blocks, spatial attention, FC-1024, hash layer beside a class
+layer), the three loss terms, 48 bits among its code lengths, and weight decay
+on every parameter, biases and BatchNorm included
+(optim.decay_bias_and_norm=True, as torch.optim's weight_decay does).
+
+Chosen here, and why (each to be checked on validation where marked):
+  * the third descriptor's reading (model.kwargs.attention_reading =
+    "stacked": a 3x3 max-pool averaged over channels); "separate" (CBAM-style
+    channel max/avg plus a separate max-pool map, as Table 4's F_maxc /
+    F_avgp / F_maxp suggest) is the other reading of the OCR-damaged text;
+    Table 4's ablations pick between them (issue #21, not yet run);
+  * linear hash layer (hash_activation="identity"): with tanh the DSH-style
+    loss saturated to one code (above);
+  * contrastive margin m = 2K and lambda_1 = 0.01 (the regulariser): DSH's
+    values, the loss SA-Hash builds on; lambda_2 = 1 (the CE term): equal
+    weight -- the OCR'd text gives no legible values for these;
+  * optimiser: SGD momentum 0.9, cosine, hash layer 10x, weight decay 5e-4
+    (the shared base's), lr 0.003: 0.01 collapses the contrastive loss;
+    0.001, which the OCR still shows, is the option to try on validation;
+  * batch 64, 5000 steps (the shared base's), 224 px;
+  * data: COVID-19 Radiography (ChestX-ray8 / CheXpert are not staged);
+  * no horizontal flip (data.augment.hflip=False) on the paper-scale chest
+    X-ray data, since the heart is on one side; the smoke variant
+    (BreastMNIST) keeps the shared base's flip.
 
 Pretrained initialisation: the paper fine-tunes an ImageNet ResNet-50; here
 it starts from random weights unless `init_from` is given
