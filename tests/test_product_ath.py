@@ -41,6 +41,9 @@ def test_ath_open_run_bundle_and_explain(ath_run, tmp_path):
   c, wd, images = ath_run
   r = systems.open_run(wd)
   assert r.info["two_view"] and r.record["ath"]["classifier_dir"] == "classifier"
+  # The run records its local view and the retriever builds that one.
+  assert r.record["ath"]["local_view"] == c.data.local_view == "multiply"
+  assert r._views.view == "multiply"
   views = ath.FileLocalViews(c, wd)
   local = [v for v, _ in views.views(list(images))]
   run = loop.Run(systems.hash_config(c, wd), wd, for_training=False)
