@@ -437,29 +437,16 @@ def test_ath_view_query_time_equals_train_time_for_both_views(data_dir,
 
 
 class _TinyClassifier:
-  """A two-conv classifier with random weights, as `make_masks` gets it."""
+  """test_cam's two-conv, three-class classifier with random weights, as
+  `make_masks` gets it."""
 
-  def __init__(self, num_classes):
-    import flax.linen as nn
+  def __init__(self):
     import jax
     import jax.numpy as jnp
+    from tests.test_cam import _Classifier
     from medhash_jax.train import mesh as mesh_lib
-
-    class Trunk(nn.Module):
-      @nn.compact
-      def __call__(self, x):
-        x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
-        return nn.Conv(6, (3, 3))(x)
-
-    class Net(nn.Module):
-      @nn.compact
-      def __call__(self, x, train: bool = False):
-        f = Trunk(name="features")(x)
-        return nn.Dense(num_classes, name="head")(
-            jnp.mean(nn.relu(f), axis=(1, 2)))
-
     rng = np.random.default_rng(1)
-    self.model = Net()
+    self.model = _Classifier()
     shapes = jax.eval_shape(self.model.init, jax.random.key(0),
                             jnp.zeros((1, 16, 16, 1)))
     self.variables = jax.tree.map(
@@ -487,7 +474,7 @@ def test_ath_cam_predicted_database_masks_use_predicted_classes(tmp_path):
   from configs import ath as ath_config
   from medhash_jax.cam import gradcam
   k, n = 3, 12
-  clf = _TinyClassifier(k)
+  clf = _TinyClassifier()
   rng = np.random.default_rng(2)
   images = rng.normal(size=(n, 16, 16, 1)).astype(np.float32)
   labels = np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
