@@ -1,6 +1,7 @@
 """Running a suite: the runs, the shallow methods, the table, PR curves and
 the retrieval gallery (see the package docstring)."""
 
+import copy
 import json
 import os
 import platform
@@ -125,11 +126,17 @@ def check_reusable(config, workdir: str):
   (none are written so) pass."""
   from medhash_jax import systems  # pylint: disable=g-import-not-at-top
   from medhash_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from medhash_jax.train import validation  # pylint: disable=g-import-not-at-top
   saved = ckpt_lib.read_saved_config(workdir)
   if saved is None:
     return
+  current = copy.deepcopy(systems.hash_config(config, workdir))
+  # The run recorded its loss's source (name, or file + sha256) when it
+  # trained; record the current one the same way, so an edited loss file
+  # makes the run non-reusable and an unchanged one compares equal.
+  current.loss.source = tuple(validation.resolve_training_loss(current)[1])
   ckpt_lib.check_config_compatible(
-      saved, systems.hash_config(config, workdir).to_dict(),
+      saved, current.to_dict(),
       f"{workdir} (a finished run the suite would reuse; --rerun retrains "
       "it)", changeable=ckpt_lib.REUSE)
 
