@@ -204,6 +204,7 @@ class Checkpointer:
 
   def save(self, step: int, state_items: Any, data_iter=None, *,
            force: bool = False) -> bool:
+    self._probe_writable(step)
     items = {"state": ocp.args.StandardSave(state_items)}
     if data_iter is not None:
       items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
@@ -211,6 +212,18 @@ class Checkpointer:
       return self._mgr.save(int(step), args=ocp.args.Composite(**items),
                             force=force)
     except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e, step) from e
+
+  def _probe_writable(self, step: int):
+    """Fails fast on a folder that cannot take a file: orbax's async save on a
+    read-only file system waits for a signal that never comes (minutes)."""
+    probe = os.path.join(self.directory,
+                         f".write-probe-{os.getpid()}-{jax.process_index()}")
+    try:
+      with open(probe, "wb") as f:
+        f.write(b"\0")
+      os.remove(probe)
+    except OSError as e:
       raise self._save_error(e, step) from e
 
   def _save_error(self, e: BaseException, step: Optional[int]
