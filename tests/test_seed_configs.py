@@ -11,6 +11,10 @@ def test_mth_defaults_are_the_papers():
     c = mth_cfg.get_config(arg)
     assert c.data.sampling == "triplet"
     assert c.loss.kwargs.semantic == "projection"
+  # The paper's attention reads the full map; smoke pools it to 16 x 16.
+  paper = mth_cfg.get_config().model.kwargs
+  assert paper.attention_size == 0 and paper.attention_chunk > 0
+  assert mth_cfg.get_config("smoke").model.kwargs.attention_size == 16
 
 
 def test_ath_loss_is_eq10_sum_and_reports_ndcg_all():
@@ -36,6 +40,9 @@ def test_ath_local_view_flip_and_options():
   assert c.data.local_view == "multiply" and c.data.augment.hflip is False
   assert ath_cfg.get_config("smoke").data.augment.hflip is True  # BreastMNIST
   assert ath_cfg.get_config("mask_and_crop").data.local_view == "mask_and_crop"
+  # PyTorch's SGD weight_decay decays every parameter; weights-only is an option.
+  assert ath_cfg.get_config().optim.decay_bias_and_norm is True
+  assert ath_cfg.get_config("decay_weights_only").optim.decay_bias_and_norm is False
   modes = ath_cfg.get_config("cam_predicted").ath.cam.modes
   assert (modes.train, modes.database, modes.query) == ("predicted",) * 3
   assert ath_cfg.get_config().ath.classifier.init_from == ""
