@@ -15,6 +15,7 @@ from medhash_jax import models
 from medhash_jax.systems import ath as ath_lib
 from medhash_jax.train import task as task_lib
 from medhash_jax.train import validation
+from medhash_jax.train import writers
 
 
 def _run_config(suite, method, bits, tmp_path):
@@ -73,6 +74,34 @@ def test_settings_win_over_suite_and_method_overrides(tmp_path):
     experiments.method_config(
         experiments.with_overrides(suite, {"data.image_size": "big"}), "dpsh",
         16, 0, str(tmp_path))
+
+
+def test_a_method_variant_is_its_method_plus_its_settings_only(tmp_path):
+  """Catches: a variant's settings dropped, applied before the suite's
+  --set, or the base method's own overrides (width 16) lost."""
+  suite = experiments.with_overrides(experiments.SUITES["breastmnist"],
+                                     {"optim.learning_rate": "0.5"})
+  flat = lambda c: writers.flatten(c.to_dict(), sep=".")
+  base = experiments.method_config(suite, "ath", 48, 1, str(tmp_path))
+  var = experiments.method_config(
+      suite, "ath@loss.kwargs.reduction=mean@optim.learning_rate=0.25", 48, 1,
+      str(tmp_path))
+  diff = {k for k in flat(base) if flat(base)[k] != flat(var)[k]}
+  assert diff == {"loss.kwargs.reduction", "optim.learning_rate"}, diff
+  assert var.loss.kwargs.reduction == "mean"
+  assert var.optim.learning_rate == 0.25 and var.model.kwargs.width == 16
+  assert experiments.suites.display_name(
+      "sa_hash@optim.learning_rate=0.001") == \
+      "SA-Hash [optim.learning_rate=0.001]"
+  assert experiments.suites.display_name("ath:se") == "ATH -A+SE"
+  assert "/" not in experiments.suites.run_tag("ath@init_from=/w/x.pth")
+  with pytest.raises(ValueError, match="unknown method 'mht'"):
+    experiments.suites.split_method("mht@seed=1")
+  with pytest.raises(ValueError, match="expected key=value"):
+    experiments.suites.split_method("mth@pairwise")
+  with pytest.raises(KeyError, match="optim.learning_rat"):
+    experiments.method_config(suite, "mth@optim.learning_rat=0.1", 48, 0,
+                              str(tmp_path))
 
 
 def test_a_suite_override_of_the_wrong_type_names_it(tmp_path):

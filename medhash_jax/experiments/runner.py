@@ -13,8 +13,9 @@ from absl import logging
 import jax
 import numpy as np
 
-from medhash_jax.experiments.suites import (ALL_DEEP, COLUMNS, DISPLAY, KS,
-                                            Suite, REPO_ROOT, run_tag, method_config)
+from medhash_jax.experiments.suites import (COLUMNS, KS, Suite, REPO_ROOT,
+                                            display_name, method_config,
+                                            run_tag, split_method, VARIANT_SEP)
 
 # ---------------------------------------------------------------------------
 # Rows
@@ -332,9 +333,10 @@ class _Plan:
     self.methods = list(methods or suite.methods)
     self.bits = [int(b) for b in (bits or suite.bits)]
     self.seeds = [int(s) for s in (seeds or suite.seeds)]
-    unknown = [m for m in self.methods if m not in ALL_DEEP]
-    if unknown:
-      raise ValueError(f"unknown methods {unknown}; known: {list(ALL_DEEP)}")
+    for m in self.methods:   # unknown methods and variant keys fail here
+      split_method(m)
+      if VARIANT_SEP in m:
+        method_config(suite, m, self.bits[0], self.seeds[0], "", steps)
     self.pr_bits = suite.pr_bits if suite.pr_bits in self.bits else max(
         self.bits)
     self.steps, self.rerun, self.command = steps, rerun, command
@@ -374,7 +376,7 @@ def run_suite(suite: Suite, output: str, workdir: str, *,
       runs.append({"method": m, "bits": k, "seed": plan.first_seed,
                    "row": v["row"], "features": feature_note})
       if k == plan.pr_bits:
-        curves[DISPLAY[m]] = _pr(*v["codes"], labels)
+        curves[display_name(m)] = _pr(*v["codes"], labels)
     info = _suite_info(plan, feature_note, time.perf_counter() - t_suite,
                        tree)
     outputs = _write_table(plan, info, _table_rows(plan, per_method), runs)
@@ -460,7 +462,7 @@ class _Reopened:
         if k == plan.pr_bits:
           q, db = tr.codes("query"), tr.codes("database")
           labels = {s: ds.eval[s].labels for s in splits}
-          self.curves[DISPLAY[method]] = _pr(q, db, labels)
+          self.curves[display_name(method)] = _pr(q, db, labels)
           system = systems.system_of(cfg)
           overlays = system.query_overlays(wd, _gallery_ids(
               ds, plan.suite.gallery_queries))
@@ -483,7 +485,8 @@ def _shallow_features(plan: _Plan, opened: _Reopened):
   if plan.suite.feature_source != "pixels" and opened.feats is not None:
     return opened.feats, opened.labels, (
         f"pooled backbone features of the "
-        f"{DISPLAY[plan.suite.feature_source]} model ({max(plan.bits)} bits, "
+        f"{display_name(plan.suite.feature_source)} model "
+        f"({max(plan.bits)} bits, "
         f"seed {plan.first_seed})")
   cfg = plan.config(plan.methods[0], plan.bits[0], plan.first_seed)
   ds = systems.plain_datasets(cfg, os.path.join(plan.workdir, "_pixels"),
@@ -502,7 +505,7 @@ def _table_rows(plan: _Plan, per_method) -> List[Dict[str, Any]]:
     for k in plan.bits:
       if (m, k) in per_method:
         r = _merge_seeds(per_method[(m, k)])
-        r.update(method=DISPLAY[m], bits=k)
+        r.update(method=display_name(m), bits=k)
         rows.append(r)
   return rows
 
@@ -548,7 +551,7 @@ def _write_table(plan: _Plan, info, rows, runs) -> Dict[str, str]:
                                 columns=COLUMNS,
                                 preamble=_preamble(plan, info))
   attention_md = ath_attention_markdown(
-      [dict(method=DISPLAY[r["method"]], bits=r["bits"], seed=r["seed"],
+      [dict(method=display_name(r["method"]), bits=r["bits"], seed=r["seed"],
             attention=r["ath_attention"]) for r in runs
        if r.get("ath_attention")])
   if attention_md:  # beside the retrieval table, in the same file

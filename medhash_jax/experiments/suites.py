@@ -3,7 +3,7 @@ one results table, and the config of each run (`method_config`)."""
 
 import dataclasses
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import ml_collections
 
@@ -189,6 +189,32 @@ def with_overrides(suite: Suite, settings: Dict[str, Any]) -> Suite:
   return dataclasses.replace(suite, settings={**suite.settings, **settings})
 
 
+# A method variant: a method with its own settings, one row of an ablation
+# table, e.g. "ath@loss.kwargs.reduction=mean" or
+# "sa_hash@optim.learning_rate=0.001@model.kwargs.attention_reading=separate".
+VARIANT_SEP = "@"
+
+
+def split_method(method: str) -> Tuple[str, List[Tuple[str, str]]]:
+  """'ath:se@loss.kwargs.alpha=0.5' -> ('ath:se', [('loss.kwargs.alpha',
+  '0.5')]); ValueError naming the method when the base method is unknown or
+  a setting is not key=value."""
+  base, *texts = method.split(VARIANT_SEP)
+  if base not in ALL_DEEP:
+    raise ValueError(f"unknown method {base!r} in {method!r}; known: "
+                     f"{list(ALL_DEEP)} (a variant adds @key=value settings)")
+  return base, [config_overrides.split_setting(t, f"method {method!r}")
+                for t in texts]
+
+
+def display_name(method: str) -> str:
+  """The table's name of a method or a method variant."""
+  base, settings = split_method(method)
+  if not settings:
+    return DISPLAY[base]
+  return f"{DISPLAY[base]} [{', '.join(f'{k}={v}' for k, v in settings)}]"
+
+
 def _has_section(c: ml_collections.ConfigDict, key: str) -> bool:
   return key.split(".")[0] in c
 
@@ -226,18 +252,20 @@ def method_config(suite: Suite, method: str, bits: int, seed: int,
                   stage_root: str, steps: Optional[int] = None
                   ) -> ml_collections.ConfigDict:
   """configs/<method>.py (suite variant) + the suite's overrides, locked."""
-  name, _, ablation = method.partition(":")
+  base, variant_settings = split_method(method)
+  name, _, ablation = base.partition(":")
   arg = ",".join(t for t in (ablation, suite.variant) if t)
   c = config_files.get_config(f"{name}:{arg}")
   c = ml_collections.ConfigDict(c.to_dict())      # unlocked copy
   for k, v in suite.overrides.items():
     if _has_section(c, k):
       config_overrides.set_value(c, k, v, f"suite {suite.name} override")
-  for k, v in suite.method_overrides.get(method, {}).items():
-    config_overrides.set_value(c, k, v, f"suite {suite.name} {method} override")
+  for k, v in suite.method_overrides.get(base, {}).items():
+    config_overrides.set_value(c, k, v, f"suite {suite.name} {base} override")
   config_overrides.apply(
       c, [(k, v) for k, v in suite.settings.items() if _has_section(c, k)],
       "--set")
+  config_overrides.apply(c, variant_settings, f"method {method!r}")
   _set_pretrained(c, suite.settings)
   if steps:
     c.train.num_steps = int(steps)
@@ -277,6 +305,7 @@ def validation_cadence(num_steps: int, eval_every: int,
 
 
 def run_tag(method: str) -> str:
-  return method.replace(":", "-")
+  """The run folder's name of a method (variant): no ':' or '/'."""
+  return method.replace(":", "-").replace("/", "_")
 
 
