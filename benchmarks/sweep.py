@@ -29,11 +29,14 @@ from medhash_jax.train import loop  # pylint: disable=wrong-import-position
 from medhash_jax.train import mesh as mesh_lib  # pylint: disable=wrong-import-position
 from medhash_jax.train import step as step_lib  # pylint: disable=wrong-import-position
 from medhash_jax.train import sweep  # pylint: disable=wrong-import-position
+from benchmarks import timing  # pylint: disable=wrong-import-position
 
 flags.DEFINE_integer("variants", 8, "V: variants (seeds 0..V-1, alpha swept).")
 flags.DEFINE_integer("steps", 10, "Timed steps per round and side.")
 flags.DEFINE_integer("rounds", 5, "Interleaved rounds.")
 flags.DEFINE_integer("num_devices", 1, "Devices in the mesh.")
+flags.DEFINE_list("strategies", ["unroll", "vmap"],
+                  "Sweep step strategies to time (train/sweep.py).")
 FLAGS = flags.FLAGS
 
 
@@ -53,9 +56,12 @@ def main(argv):
           for x in variants]
   batches = {x.config.seed: run.task.train_inputs(next(run.ds.train_iter))
              for x in variants}
-  vstep = sweep.make_sweep_step(run.task, run.schedule)
   sbatch = sweep._group_inputs(run, variants, None, batches)  # pylint: disable=protected-access
-  states = sweep.stack([s for s, _, _ in init])
+  # One compiled V-variant step per strategy, each with its own states.
+  sides = {}
+  for strategy in FLAGS.strategies:
+    sides[strategy] = [sweep.make_sweep_step(run.task, run.schedule, strategy),
+                       sweep.stack([s for s, _, _ in init])]
   roots = sweep.stack([r for _, r, _ in init])
   hyper = sweep.stack([h for _, _, h in init])
   # Sequential peer: one plain step per variant (its own alpha, its state).
@@ -69,44 +75,36 @@ def main(argv):
     seq.append([fn, jax.tree.map(jnp.array, s), r,
                 mesh_lib.shard_batch(batches[x.config.seed], run.mesh)])
 
-  def run_sweep_side(n):
-    nonlocal states
-    for _ in range(n):
-      states, m = vstep(states, sbatch, roots, hyper)
-    jax.block_until_ready(m["loss"])
+  def sweep_side(strategy):
+    def go(_):
+      side = sides[strategy]
+      for _ in range(FLAGS.steps):
+        side[1], m = side[0](side[1], sbatch, roots, hyper)
+      jax.block_until_ready(m["loss"])
+    return go
 
-  def run_seq_side(n):
+  def seq_side(_):
     for item in seq:
       fn, s, r, b = item
-      for _ in range(n):
+      for _ in range(FLAGS.steps):
         s, m = fn(s, b, r)
       item[1] = s
       jax.block_until_ready(m["loss"])
 
-  run_sweep_side(1)   # compile
-  run_seq_side(1)
-  t_sweep, t_seq = [], []
-  for _ in range(FLAGS.rounds):
-    t = time.perf_counter()
-    run_sweep_side(FLAGS.steps)
-    t_sweep.append(time.perf_counter() - t)
-    t = time.perf_counter()
-    run_seq_side(FLAGS.steps)
-    t_seq.append(time.perf_counter() - t)
+  # Interleaved: sweep (each strategy), sequential, sweep, ...
+  contenders = {f"sweep {k}": sweep_side(k) for k in FLAGS.strategies}
+  contenders[f"{v} sequential"] = seq_side
+  times, _ = timing.interleaved_rounds(contenders, FLAGS.rounds)
   imgs = v * FLAGS.steps * c.train.batch_size
-  rate = lambda ts: [imgs / t for t in ts]
-  rs, rq = rate(t_sweep), rate(t_seq)
-  ratios = [b / a for a, b in zip(t_sweep, t_seq)]
   dev = jax.devices()[0]
   print(f"device: {dev.platform} {dev.device_kind} x{run.mesh.size}; "
         f"V={v}, {FLAGS.steps} steps x {FLAGS.rounds} interleaved rounds, "
         f"batch {c.train.batch_size}, threads: XLA default")
-  print(f"vmapped sweep:   {np.median(rs):9.0f} images/s "
-        f"(min {min(rs):.0f}, max {max(rs):.0f})")
-  print(f"{v} sequential:    {np.median(rq):9.0f} images/s "
-        f"(min {min(rq):.0f}, max {max(rq):.0f})")
-  print(f"ratio sweep / sequential: {np.median(ratios):.2f}x "
-        f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
+  for name, ts in times.items():
+    print(f"{name:>14}: {timing.fmt(timing.median_spread([imgs / t for t in ts]), '.0f')} images/s")
+  for k in FLAGS.strategies:
+    print(f"ratio sweep {k} / sequential: "
+          f"{timing.fmt(timing.ratio_spread(times[f'sweep {k}'], times[f'{v} sequential']))}x")
 
 
 if __name__ == "__main__":

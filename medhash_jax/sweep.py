@@ -23,6 +23,9 @@ flags.DEFINE_multi_string("sweep", [], "key=v1,v2,...; repeat for a product.")
 flags.DEFINE_string("workdir", None, "Sweep directory W.")
 flags.DEFINE_integer("group_size", 0, "At most this many variants per "
                      "compiled program (0 = as many as fit in memory).")
+flags.DEFINE_enum("strategy", "auto", ["auto", "vmap", "unroll"],
+                  "vmap batches the variants (GPU); unroll traces them side "
+                  "by side into one compiled step (auto: unroll on CPU).")
 
 
 def main(argv):
@@ -31,7 +34,8 @@ def main(argv):
   if FLAGS.config is None or not FLAGS.workdir:
     raise app.UsageError("--config and --workdir are required")
   out = sweep_lib.run_sweep(FLAGS.config, sweep_lib.parse_sweep(FLAGS.sweep),
-                            FLAGS.workdir, group_size=FLAGS.group_size)
+                            FLAGS.workdir, group_size=FLAGS.group_size,
+                            strategy=FLAGS.strategy)
   best = out["variants"][0]
   logging.info("best on val: %s (%s = %.4f); table: %s/%s", best["variant"],
                out["select_metric"], best["val"][out["select_metric"]],

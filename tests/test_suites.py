@@ -94,6 +94,7 @@ def test_a_method_variant_is_its_method_plus_its_settings_only(tmp_path):
       "sa_hash@optim.learning_rate=0.001") == \
       "SA-Hash [optim.learning_rate=0.001]"
   assert experiments.suites.display_name("ath:se") == "ATH -A+SE"
+  assert experiments.suites.display_name("itq") == "ITQ"   # shallow rows too
   assert "/" not in experiments.suites.run_tag("ath@init_from=/w/x.pth")
   with pytest.raises(ValueError, match="unknown method 'mht'"):
     experiments.suites.split_method("mht@seed=1")
@@ -102,6 +103,18 @@ def test_a_method_variant_is_its_method_plus_its_settings_only(tmp_path):
   with pytest.raises(KeyError, match="optim.learning_rat"):
     experiments.method_config(suite, "mth@optim.learning_rat=0.1", 48, 0,
                               str(tmp_path))
+
+
+def test_chest_xray_suites_never_flip_left_right(tmp_path):
+  """Catches: a chest X-ray suite whose baselines keep the shared base's
+  horizontal flip (the heart would change sides), or the rule leaking into
+  the dermoscopy / ultrasound suites."""
+  for name, flips in (("covid19", False), ("pneumoniamnist", False),
+                      ("ham10000", True), ("breastmnist", True)):
+    suite = experiments.SUITES[name]
+    for method in suite.methods:
+      c = experiments.method_config(suite, method, 16, 0, str(tmp_path))
+      assert c.data.augment.hflip is flips, (name, method)
 
 
 def test_a_suite_override_of_the_wrong_type_names_it(tmp_path):

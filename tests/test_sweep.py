@@ -99,7 +99,8 @@ def smoke_run(data_dir):
   return c, loop.Run(c, None)
 
 
-def test_vmapped_step_equals_the_plain_step_per_variant(smoke_run):
+@pytest.mark.parametrize("strategy", ["vmap", "unroll"])
+def test_sweep_step_equals_the_plain_step_per_variant(smoke_run, strategy):
   """Catches: a swept loss kwarg or lr not bound per variant (variant 1 would
   train with variant 0's values), or the lr ratio applied to the wrong
   side. Reference: the ordinary jitted train step with each variant's own
@@ -108,7 +109,7 @@ def test_vmapped_step_equals_the_plain_step_per_variant(smoke_run):
   (measured: 7e-6 relative in the loss at step 2)."""
   c, run = smoke_run
   batches = [run.task.train_inputs(next(run.ds.train_iter)) for _ in range(2)]
-  vstep = sweep.make_sweep_step(run.task, run.schedule)
+  vstep = sweep.make_sweep_step(run.task, run.schedule, strategy)
   variants = [(0, 0.01, 1.0), (1, 0.03, 0.3)]   # (seed, lr, dpsh alpha)
   states, roots, hypers, plain = [], [], [], []
   for seed, lr, alpha in variants:

@@ -37,6 +37,9 @@ CONFIGS = {
 }
 
 
+VARIANT = "dpsh@loss.kwargs.alpha=0.5"   # a method variant: its own row
+
+
 @pytest.fixture(scope="module")
 def suite_run(data_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp("suite")
@@ -44,8 +47,9 @@ def suite_run(data_dir, tmp_path_factory):
   suite = dataclasses.replace(
       base, overrides={**base.overrides, "data.root": data_dir})
   info = experiments.run_suite(
-      suite, str(root / "out"), str(root / "runs"), methods=["dpsh", "ath"],
-      bits=[16], steps=STEPS, command="pytest", allow_dirty=True)
+      suite, str(root / "out"), str(root / "runs"),
+      methods=["dpsh", "ath", VARIANT], bits=[16], steps=STEPS,
+      command="pytest", allow_dirty=True)
   return {"info": info, "suite": suite, "root": root}
 
 
@@ -233,13 +237,13 @@ def test_table_columns_equal_retrieval_report_of_reencoded_codes(suite_run):
   with open(suite_run["info"]["outputs"]["csv"]) as f:
     rows = {(r["method"], int(r["bits"])): r for r in csv.DictReader(f)}
   distinct = set()
-  for method in ("dpsh", "ath"):
+  for method in ("dpsh", "ath", VARIANT):
     cfg = (_ath_config(suite_run) if method == "ath" else
-           experiments.method_config(suite_run["suite"], "dpsh", 16, 0,
+           experiments.method_config(suite_run["suite"], method, 16, 0,
                                      str(suite_run["root"] / "runs" /
                                          "_ath_stages"), STEPS))
-    tr = runner.Trained(cfg, str(suite_run["root"] / "runs" / method /
-                                 "b16-s0"))
+    tr = runner.Trained(cfg, str(suite_run["root"] / "runs" /
+                                 suites.run_tag(method) / "b16-s0"))
     try:
       q, db = tr.codes("query"), tr.codes("database")
       ql = tr.run.ds.eval["query"].labels
@@ -247,7 +251,7 @@ def test_table_columns_equal_retrieval_report_of_reencoded_codes(suite_run):
     finally:
       tr.close()
     rep = metrics.retrieval_report(q, db, ql, dl, ks=(10, 100, None))
-    row = rows[(experiments.DISPLAY[method], 16)]
+    row = rows[(suites.display_name(method), 16)]
     for col, key in COLUMN_METRICS.items():
       assert float(row[col]) == pytest.approx(rep[key], rel=1e-6, abs=1e-9), (
           method, col)
@@ -267,6 +271,10 @@ def test_runs_json_records_configs_curves_tree_and_machine(suite_run):
     saved = json.load(f)
   deep = [r for r in saved["runs"] if r["method"] in ("dpsh", "ath")]
   assert len(deep) == 2
+  variant = [r for r in saved["runs"] if r["method"] == VARIANT]
+  assert len(variant) == 1
+  assert variant[0]["config"]["loss"]["kwargs"]["alpha"] == 0.5
+  assert deep[0]["config"]["loss"]["kwargs"].get("alpha") != 0.5
   for r in deep:
     cfg = r["config"]
     assert cfg["num_bits"] == 16 and cfg["train"]["num_steps"] == STEPS

@@ -130,7 +130,8 @@ def test_event_file_scalars_and_hparams(tmp_path):
   w.write_hparams({"optim": {"lr": 0.1, "name": "adam"}, "seed": 3,
                    "train": {"augment": True, "sizes": (1, 2)}})
   w.write_scalars(7, {"train/loss": 0.5, "train/lr": np.float32(0.1)})
-  w.write_scalars(9, {"train/loss": jnp.float32(0.25)})
+  w.write_scalars(9, {"train/loss": jnp.float32(0.25),
+                      "val/map@10/tie_aware": 0.75})
   w.close()
   ev = os.listdir(tmp_path / "tensorboard")
   assert len(ev) == 1 and ev[0].startswith("events.out.tfevents.")
@@ -138,8 +139,9 @@ def test_event_file_scalars_and_hparams(tmp_path):
   assert events[0].file_version == "brain.Event:2"
   scalars = [(e.step, v.tag, v.simple_value) for e in events
              for v in e.summary.value if v.WhichOneof("value") == "simple_value"]
+  # '@' is not a legal tag character: written as '_' (tensorboardX's rule).
   assert scalars == [(7, "train/loss", 0.5), (7, "train/lr", np.float32(0.1)),
-                     (9, "train/loss", 0.25)]
+                     (9, "train/loss", 0.25), (9, "val/map_10/tie_aware", 0.75)]
   # hparams: the hparams plugin's experiment, session start (flattened
   # config, dotted keys) and, at close, session end.
   from tensorboardX.proto import plugin_hparams_pb2  # pylint: disable=g-import-not-at-top

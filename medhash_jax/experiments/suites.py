@@ -79,18 +79,25 @@ _SMALL_MODELS = {  # wider than smoke's width 8, still CPU-sized
 }
 
 
-def _mnist_suite(name, dataset, description):
+# Chest X-rays are not left-right symmetric (the heart is on the left): their
+# suites never flip them, whatever a method's own config says.
+_NO_HFLIP = {"data.augment.hflip": False}
+
+
+def _mnist_suite(name, dataset, description, chest_xray=False):
   return Suite(
       name=name, description=description, methods=ALL_DEEP,
       seeds=(0, 1, 2),
-      overrides={"data.name": dataset, "data.split": "official",
+      overrides={**(_NO_HFLIP if chest_xray else {}),
+                 "data.name": dataset, "data.split": "official",
                  "train.num_steps": 600, "train.eval_every_steps": 200,
                  "train.checkpoint_every_steps": 200,
                  "ath.classifier.num_steps": 300},
       method_overrides=_SMALL_MODELS)
 
 
-def _folder_suite(name, dataset, description, image_size=64):
+def _folder_suite(name, dataset, description, image_size=64,
+                  chest_xray=False):
   # 64 px: the standard /4 stem (the smoke variant's small-input stem would
   # run the first stage at full resolution).
   # ATH's classifier reads the staged 128 px images (its masks are then at
@@ -107,7 +114,8 @@ def _folder_suite(name, dataset, description, image_size=64):
                           "model.kwargs.small_input": True}
   return Suite(
       name=name, description=description, methods=ALL_DEEP, seeds=(0, 1, 2),
-      overrides={"data.name": dataset, "data.split": "seed",
+      overrides={**(_NO_HFLIP if chest_xray else {}),
+                 "data.name": dataset, "data.split": "seed",
                  "data.image_size": image_size, "data.channels": 3,
                  "data.normalize": "imagenet", "data.augment.rotate_degrees": 10.0,
                  "train.num_steps": 1500, "train.eval_every_steps": 500,
@@ -137,7 +145,8 @@ SUITES: Dict[str, Suite] = {
         "BreastMNIST (official split, 28 px), every method, 3 seeds."),
     "pneumoniamnist": _mnist_suite(
         "pneumoniamnist", "pneumoniamnist",
-        "PneumoniaMNIST (official split, 28 px), every method, 3 seeds."),
+        "PneumoniaMNIST (official split, 28 px, no horizontal flip), every "
+        "method, 3 seeds.", chest_xray=True),
     "ham10000": _folder_suite(
         "ham10000", "ham10000",
         "HAM10000 (lesion-grouped seed split 1:3:3, 64 px; MTH 32 px; ATH's "
@@ -145,7 +154,8 @@ SUITES: Dict[str, Suite] = {
     "covid19": _folder_suite(
         "covid19", "covid19_radiography",
         "COVID-19 Radiography (seed split 1:3:3, per image, 64 px; MTH 32 px; "
-        "ATH's classifier and Grad-CAM 128 px, 8x8 CAM), 3 seeds."),
+        "ATH's classifier and Grad-CAM 128 px, 8x8 CAM; no horizontal flip), "
+        "3 seeds.", chest_xray=True),
     "paper_gpu": Suite(
         name="paper_gpu",
         description="Paper scale for one GPU: the methods' own configs "
@@ -208,10 +218,10 @@ def split_method(method: str) -> Tuple[str, List[Tuple[str, str]]]:
 
 
 def display_name(method: str) -> str:
-  """The table's name of a method or a method variant."""
+  """The table's name of a method (deep or shallow) or a method variant."""
+  if VARIANT_SEP not in method:
+    return DISPLAY[method]
   base, settings = split_method(method)
-  if not settings:
-    return DISPLAY[base]
   return f"{DISPLAY[base]} [{', '.join(f'{k}={v}' for k, v in settings)}]"
 
 

@@ -215,12 +215,34 @@ def _scaled(tx: optax.GradientTransformation, ratio):
   return optax.GradientTransformation(tx.init, update)
 
 
-def make_sweep_step(task, schedule):
+STRATEGIES = ("auto", "vmap", "unroll")
+
+
+def resolve_strategy(strategy: str) -> str:
+  """"auto" -> "unroll" on CPU, "vmap" elsewhere (see `make_sweep_step`)."""
+  if strategy not in STRATEGIES:
+    raise SweepError(f"sweep strategy must be one of {STRATEGIES}, got "
+                     f"{strategy!r}")
+  if strategy == "auto":
+    return "unroll" if jax.default_backend() == "cpu" else "vmap"
+  return strategy
+
+
+def make_sweep_step(task, schedule, strategy: str = "vmap"):
   """step(states, batches, roots, hyper) over a leading variant axis.
 
   `hyper`: {loss kwarg: (V,) float32} (+ the lr ratio). The objective is the
   task's own, with the swept loss kwargs bound per variant: a shallow copy
   of the task per trace, so task.py needs no sweep-specific argument.
+
+  strategy "vmap" batches the variants: a convolution whose weights differ
+  per variant becomes one grouped convolution (feature_group_count = V),
+  native on GPUs but ~4x slower than V plain convolutions on XLA:CPU.
+  "unroll" traces the V steps side by side into one program: plain
+  convolutions, one dispatch and one input transfer per step for all V, a
+  compile about V times as long. On the 2-core CPU (benchmarks/README.md)
+  unroll runs at ~0.9x of V sequential steps, vmap at ~0.25x; a lax.map
+  over the variants was slower still (0.13x).
   """
 
   def objective(params, batch_stats, batch, rng, step):
@@ -246,7 +268,17 @@ def make_sweep_step(task, schedule):
       metrics["lr"] = metrics["lr"] * ratio
     return new, metrics
 
-  return jax.jit(jax.vmap(one), donate_argnums=0)
+  if strategy == "unroll":
+    def over_variants(states, batches, roots, hyper):
+      outs = [one(*unstack((states, batches, roots, hyper), i))
+              for i in range(jax.tree.leaves(roots)[0].shape[0])]
+      return stack([o[0] for o in outs]), stack([o[1] for o in outs])
+  elif strategy == "vmap":
+    over_variants = jax.vmap(one)
+  else:
+    raise SweepError(f"sweep step strategy must be 'vmap' or 'unroll', got "
+                     f"{strategy!r}")
+  return jax.jit(over_variants, donate_argnums=0)
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -299,7 +331,7 @@ class _Variant:
 
 def run_sweep(config: ml_collections.ConfigDict,
               sweep: Mapping[str, Sequence[Any]], workdir: str, *,
-              group_size: int = 0) -> Dict[str, Any]:
+              group_size: int = 0, strategy: str = "auto") -> Dict[str, Any]:
   """Trains every variant, selects each on val, evaluates it on test and
   writes W/sweep.json + W/sweep.md. Returns the sweep.json dict.
 
@@ -309,6 +341,8 @@ def run_sweep(config: ml_collections.ConfigDict,
     workdir: W; variant runs go to W/variants/<name>.
     group_size: at most this many variants per compiled program (0 = as many
       as XLA's memory analysis says fit).
+    strategy: "vmap", "unroll" or "auto" (unroll on CPU); see
+      `make_sweep_step`.
   """
   t_begin = time.time()
   check_sweep(config, sweep)
@@ -332,7 +366,8 @@ def run_sweep(config: ml_collections.ConfigDict,
   # The compiled optimizer is variant 0's; others scale its updates.
   base_lr = float(run.config.optim.learning_rate)
   sweep_lr = "optim.learning_rate" in sweep
-  step_fn = make_sweep_step(run.task, run.schedule)
+  strategy = resolve_strategy(strategy)
+  step_fn = make_sweep_step(run.task, run.schedule, strategy)
   # One input pipeline per distinct seed (variants of one seed see the same
   # batches, as their sequential runs would).
   iters = {}
@@ -361,7 +396,7 @@ def run_sweep(config: ml_collections.ConfigDict,
   for v in variants:
     _finish_variant(run, v, seconds / len(variants))
   out = _write_tables(config, sweep, variants, workdir, groups,
-                      time.time() - t_begin, seconds)
+                      time.time() - t_begin, seconds, strategy)
   return out
 
 
@@ -528,7 +563,8 @@ def _rank(values: Sequence[float]) -> List[int]:
   return [order.index(x) + 1 for x in values]
 
 
-def _write_tables(config, sweep, variants, workdir, groups, wall, seconds):
+def _write_tables(config, sweep, variants, workdir, groups, wall, seconds,
+                  strategy):
   select = config.eval.select_metric
   test_keys = [k for k in variants[0].results["metrics"]["test"]
                if k.endswith("/tie_aware") and k.startswith("map@")]
@@ -550,6 +586,7 @@ def _write_tables(config, sweep, variants, workdir, groups, wall, seconds):
          "method": config.method, "select_metric": select,
          "test_rank_metric": test_key,
          "groups": [[v.name for v in g] for g in groups],
+         "strategy": strategy,
          "train_seconds": seconds, "wall_seconds": wall,
          "loss_source": [dict(s) for s in variants[0].config.loss.source],
          "variants": rows}
@@ -570,7 +607,7 @@ def _write_tables(config, sweep, variants, workdir, groups, wall, seconds):
              [_fmt(r["test"][k]) for k in test_keys] + [str(r["rank_test"])])
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", f"Training: {seconds:.1f} s for all variants "
-            f"({len(groups)} group(s)); wall {wall:.1f} s."]
+            f"({len(groups)} group(s), {strategy}); wall {wall:.1f} s."]
   tmp = os.path.join(workdir, SWEEP_MD + ".tmp")
   with open(tmp, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")

@@ -10,6 +10,7 @@ import json
 import logging as logging_lib
 import math
 import os
+import re
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence
 
@@ -100,7 +101,7 @@ class TensorBoardWriter(MetricWriter):
 
   def write_scalars(self, step, scalars):
     for k, v in scalars.items():
-      self._w.add_scalar(k, _to_float(v), int(step))
+      self._w.add_scalar(tensorboard_tag(k), _to_float(v), int(step))
 
   def write_hparams(self, hparams):
     flat = {k: v if isinstance(v, (bool, int, float, str)) else repr(v)
@@ -152,6 +153,13 @@ def create_default_writer(workdir: Optional[str], *, tensorboard: bool = True,
     if tensorboard:
       writers.append(TensorBoardWriter(os.path.join(workdir, "tensorboard")))
   return MultiWriter(writers)
+
+
+def tensorboard_tag(name: str) -> str:
+  """'val/map@10' -> 'val/map_10': TensorBoard's legal tag characters, the
+  substitution tensorboardX makes itself (here without its log line per
+  name and evaluation)."""
+  return re.sub(r"[^-/\w\.]", "_", name)
 
 
 def flatten(d: Mapping[str, Any], sep: Optional[str] = "/") -> Dict[Any, Any]:
