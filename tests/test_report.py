@@ -45,6 +45,23 @@ def test_tables_exact(tmp_path):
   assert sub.splitlines()[3] == "| LSH\\|x | 0.3000 | — |"
 
 
+def test_pivot_puts_each_value_under_its_method_and_code_length():
+  """Catches: swapped columns (bits unsorted or misassigned), a method's
+  rows merged with another's, the wrong metric, or a missing pair shown as
+  a number."""
+  rows = [{"method": "B", "bits": 64, "map@10_tie": 0.5, "map@10": 0.9},
+          {"method": "A", "bits": 16, "map@10_tie": [0.2, 0.4]},
+          {"method": "A", "bits": 64, "map@10_tie": 0.25},
+          {"method": "B", "bits": 16, "map@10_tie": 0.125}]
+  got = report.format_pivot(rows, "map@10_tie").splitlines()
+  assert got[0] == ("| Method | mAP@10 tie-aware, 16 bits | "
+                    "mAP@10 tie-aware, 64 bits |")
+  assert got[2:] == ["| B | 0.1250 | 0.5000 |",
+                     "| A | 0.3000 ± 0.1414 | 0.2500 |"]
+  partial = report.format_pivot(rows[:2], "map@10_tie").splitlines()
+  assert partial[2:] == ["| B | — | 0.5000 |", "| A | 0.3000 ± 0.1414 | — |"]
+
+
 def test_pr_curve_pixels(tmp_path):
   path = str(tmp_path / "pr" / "pr.png")
   curves = {"diag": ([1.0, 0.5, 0.2], [0.0, 0.5, 1.0]),

@@ -18,6 +18,7 @@ import pytest
 
 from medhash_jax import cam
 from medhash_jax import experiments
+from medhash_jax.experiments import suites
 from medhash_jax import models
 from medhash_jax import systems
 from medhash_jax.systems import ath as ath_lib
@@ -229,7 +230,6 @@ def test_table_columns_equal_retrieval_report_of_reencoded_codes(suite_run):
   import csv
   from medhash_jax import metrics
   from medhash_jax.experiments import runner
-  from medhash_jax.experiments import suites
   metric_cols = [c for c in suites.COLUMNS if c not in (
       "method", "bits", "train_time_s", "encode_ms_per_image", "query_ms",
       "index_bytes")]
@@ -302,6 +302,10 @@ def test_runs_json_records_configs_curves_tree_and_machine(suite_run):
           "DIRTY tree, allowed by --allow_dirty" if saved["git"]["dirty"]
           else "clean tree")
   assert f"`{saved['commit']}` ({note}" in md
+  # The papers' layout: each method's tie-aware mAP@10 by code length.
+  pivot = md.split("## Tie-aware mAP@10 by code length", 1)[1]
+  assert "| Method | mAP@10 tie-aware, 16 bits |" in pivot
+  assert f"| {suites.display_name(VARIANT)} | " in pivot
 
 
 def test_ath_encodes_loose_files_like_its_query_split(suite_run, tmp_path):

@@ -550,6 +550,12 @@ def _write_table(plan: _Plan, info, rows, runs) -> Dict[str, str]:
   md, csv = report.write_tables(rows, os.path.join(plan.output, "results"),
                                 columns=COLUMNS,
                                 preamble=_preamble(plan, info))
+  # The seed papers' layout: one metric across code lengths (ATH-GradCAM's
+  # mAP@10, SA-Hash's and MTH's mAP), tie-aware.
+  with open(md, "a", encoding="utf-8") as f:
+    for key, title in (("map@10_tie", "mAP@10"), ("map@all_tie", "mAP@all")):
+      f.write(f"\n## Tie-aware {title} by code length\n\n" +
+              report.format_pivot(rows, key))
   attention_md = ath_attention_markdown(
       [dict(method=display_name(r["method"]), bits=r["bits"], seed=r["seed"],
             attention=r["ath_attention"]) for r in runs

@@ -8,8 +8,8 @@ from medhash_jax.report.curves import PlotArea, plot_area, plot_pr_curves
 from medhash_jax.report.gallery import (GalleryLayout, render_gallery,
                                         save_gallery, spread_queries)
 from medhash_jax.report.tables import (COLUMNS, format_csv, format_markdown,
-                                       write_tables)
+                                       format_pivot, write_tables)
 
 __all__ = ["COLUMNS", "GalleryLayout", "PlotArea", "format_csv",
-           "format_markdown", "plot_area", "plot_pr_curves", "render_gallery",
-           "save_gallery", "spread_queries", "write_tables"]
+           "format_markdown", "format_pivot", "plot_area", "plot_pr_curves",
+           "render_gallery", "save_gallery", "spread_queries", "write_tables"]

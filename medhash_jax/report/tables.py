@@ -165,6 +165,27 @@ def format_markdown(results: Iterable[Mapping[str, Any]], *,
   return "\n".join(lines) + "\n"
 
 
+def format_pivot(results: Iterable[Mapping[str, Any]], key: str) -> str:
+  """One metric by code length, the papers' layout: a row per method (in
+  first-seen order), a column per code length (ascending); a (method, bits)
+  pair the results lack is shown as missing."""
+  (key, header, kind), = _columns([key])
+  rows = [canonical(r) for r in results]
+  methods, bits, cell = [], set(), {}
+  for r in rows:
+    if r["method"] not in methods:
+      methods.append(r["method"])
+    bits.add(int(r["bits"]))
+    cell[(r["method"], int(r["bits"]))] = r.get(key)
+  bits = sorted(bits)
+  lines = [f"| Method | " + " | ".join(f"{header}, {b} bits" for b in bits)
+           + " |", "|:---|" + "---:|" * len(bits)]
+  for m in methods:
+    lines.append(f"| {format_cell(m, 'text')} | " + " | ".join(
+        format_cell(cell.get((m, b)), kind) for b in bits) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def _csv_number(x: float, kind: str) -> str:
   if kind in ("int", "bytes") and float(x).is_integer():
     return str(int(x))
