@@ -164,8 +164,9 @@ def write_json(path: str, obj: Any):
   os.replace(tmp, path)
 
 
-class _Meter:
-  """Averages the per-step metrics of one log interval on the host."""
+class IntervalMeter:
+  """Averages the per-step metrics of one log interval on the host (the
+  training loop and each variant of a sweep)."""
 
   def __init__(self):
     self.sums, self.n = {}, 0
@@ -291,7 +292,7 @@ class _Loop:
     self.train_step = step_lib.make_train_step(
         run.task.objective, run.schedule, mesh=run.mesh, state_example=run.state)
     self.root = jnp.array(run.state.rng)  # its own buffer: the state is donated
-    self.meter = _Meter()
+    self.meter = IntervalMeter()
     self.pending = None
     self.last_loss = self.final_loss = float("nan")
     self.log_clock = preemption.WallClock(cadence.log_every_seconds)

@@ -469,7 +469,7 @@ def _train_group(run, step_fn, group, iters, init) -> float:
   eval_every = int(cfg.train.eval_every_steps)
   select = cfg.eval.select_metric
   writers = []
-  meters = [fit_lib._Meter() for _ in group]  # pylint: disable=protected-access
+  meters = [fit_lib.IntervalMeter() for _ in group]
   for v in group:
     ckpt_lib.Checkpointer(os.path.join(v.workdir, "checkpoints"),
                           async_save=False).check_or_write_config(
