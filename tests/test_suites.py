@@ -84,11 +84,11 @@ def test_a_method_variant_is_its_method_plus_its_settings_only(tmp_path):
   flat = lambda c: writers.flatten(c.to_dict(), sep=".")
   base = experiments.method_config(suite, "ath", 48, 1, str(tmp_path))
   var = experiments.method_config(
-      suite, "ath@loss.kwargs.reduction=mean@optim.learning_rate=0.25", 48, 1,
+      suite, "ath@loss.kwargs.reduction=sum@optim.learning_rate=0.25", 48, 1,
       str(tmp_path))
   diff = {k for k in flat(base) if flat(base)[k] != flat(var)[k]}
   assert diff == {"loss.kwargs.reduction", "optim.learning_rate"}, diff
-  assert var.loss.kwargs.reduction == "mean"
+  assert var.loss.kwargs.reduction == "sum"
   assert var.optim.learning_rate == 0.25 and var.model.kwargs.width == 16
   assert experiments.suites.display_name(
       "sa_hash@optim.learning_rate=0.001") == \
