@@ -14,15 +14,17 @@
 #   search  benchmarks/retrieval.py: gpu (Pallas) vs matmul vs cpu backends
 #   step    benchmarks/train_step.py at 224 px, bfloat16 then float32
 #           (DPSH and HashNet steps beside a plain ResNet-50 classifier)
+#   sweep   benchmarks/sweep.py: a V = 8 sweep step (vmap and unroll) vs 8
+#           sequential steps (issue #20's 3x goal, unmet on CPU)
 #   table   the paper_gpu suite (HAM10000, 224 px, the methods' own configs)
 #           for TABLE_METHODS at TABLE_BITS bits with TABLE_STEPS steps; if
 #           the budget runs out mid-way, the report is written from the runs
 #           that finished
 #
 # Settings (environment):
-#   OUT            output folder (default runs/gpu_session); 6 files: log.txt,
+#   OUT            output folder (default runs/gpu_session); 7 files: log.txt,
 #                  phases.json, retrieval.txt, train_step_bfloat16.json,
-#                  train_step_float32.json, table.tar.gz (the report and
+#                  train_step_float32.json, sweep.txt, table.tar.gz (the report and
 #                  each run's results.json / metrics.jsonl)
 #   BUDGET_S       seconds for the whole script (default 540)
 #   WHEELS         folder of wheels installed first, for packages the host
@@ -43,7 +45,7 @@ OUT="${OUT:-runs/gpu_session}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 LOG="$OUT/log.txt"
-PHASES="${PHASES:-env,tests,search,step,table}"
+PHASES="${PHASES:-env,tests,search,step,sweep,table}"
 BUDGET_S="${BUDGET_S:-540}"
 REPORT_S="${REPORT_S:-120}"
 TABLE_METHODS="${TABLE_METHODS:-hashnet,mth,sa_hash,ath,dpsh,csq}"
@@ -107,11 +109,13 @@ log "repo $REPO at $(git rev-parse --short HEAD 2>/dev/null || echo '?'), data $
 if [[ "$DRY" == 1 ]]; then
   SEARCH_ARGS=(--n 20000 --q 100 --bits 64 --k 10 --repeats 1)
   STEP_ARGS=(--sizes=32 --batch_size=4 --steps=1 --repeats=1)
+  SWEEP_ARGS=(--variants=2 --steps=1 --rounds=1)
   TABLE_STEPS=2
   TABLE_SET="--set=data.image_size=32 --set=data.num_workers=0 --set=data.eval_batch_size=64 $TABLE_SET"
 else
   SEARCH_ARGS=(--n 10000000 --q 1000 --bits 64 --k 100 --repeats 3)
   STEP_ARGS=(--sizes=224 --batch_size=64 --steps=20 --repeats=3)
+  SWEEP_ARGS=(--variants=8 --steps=10 --rounds=5)
 fi
 
 if want env; then
@@ -147,6 +151,10 @@ if want step; then
     run_phase "step_$dtype" 150 "$PY" benchmarks/train_step.py "${STEP_ARGS[@]}" \
       --dtype="$dtype" --methods=dpsh,hashnet --json="$OUT/train_step_$dtype.json"
   done
+fi
+
+if want sweep; then
+  run_phase sweep 200 bash -c "$PY benchmarks/sweep.py ${SWEEP_ARGS[*]} --strategies=vmap,unroll | tee '$OUT/sweep.txt'"
 fi
 
 if want table; then

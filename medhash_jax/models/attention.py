@@ -106,8 +106,10 @@ class SpatialAttention(nn.Module):
   CBAM's channel max / channel avg pair in one conv and gives the max-pool
   descriptor, max_c maxpool_{p x p}(F), its own k x k conv:
     A = sigmoid(conv_k([max_c F; mean_c F]) + conv_k(max_c maxpool_p F)).
-  `reading="stacked"` (default) is the three-channel form above. Which one
-  matches Table 4's ordering has not been measured yet (no ablation run).
+  `reading="stacked"` (default) is the three-channel form above. On
+  BreastMNIST (configs/sa_hash.py) both readings score above the
+  two-descriptor ablation by less than one standard deviation; stacked is
+  best on val.
   """
   kernel_size: int = 7
   pool_size: int = 3
