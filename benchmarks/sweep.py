@@ -1,4 +1,5 @@
-r"""A V-variant vmapped sweep step vs V sequential runs of the same model.
+r"""A V-variant sweep step (each of --strategies: unroll, vmap) vs V
+sequential runs of the same model.
 
 Peer: the ordinary jitted, donated train step (train/step.py) of each of the
 V variants in turn, which is what V separate runs execute. Both sides train
@@ -14,13 +15,11 @@ and min-max spreads are printed.
 
 import os
 import sys
-import time
 
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -268,16 +268,13 @@ def make_sweep_step(task, schedule, strategy: str = "vmap"):
       metrics["lr"] = metrics["lr"] * ratio
     return new, metrics
 
-  if strategy == "unroll":
+  if resolve_strategy(strategy) == "unroll":
     def over_variants(states, batches, roots, hyper):
       outs = [one(*unstack((states, batches, roots, hyper), i))
               for i in range(jax.tree.leaves(roots)[0].shape[0])]
       return stack([o[0] for o in outs]), stack([o[1] for o in outs])
-  elif strategy == "vmap":
-    over_variants = jax.vmap(one)
   else:
-    raise SweepError(f"sweep step strategy must be 'vmap' or 'unroll', got "
-                     f"{strategy!r}")
+    over_variants = jax.vmap(one)
   return jax.jit(over_variants, donate_argnums=0)
 
 
