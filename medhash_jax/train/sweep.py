@@ -237,7 +237,8 @@ def make_sweep_step(task, schedule, strategy: str = "vmap"):
 
   strategy "vmap" batches the variants: a convolution whose weights differ
   per variant becomes one grouped convolution (feature_group_count = V),
-  native on GPUs but ~4x slower than V plain convolutions on XLA:CPU.
+  native on GPUs but several times slower than V plain convolutions on
+  XLA:CPU (6.7x in benchmarks/grouped_conv.py).
   "unroll" traces the V steps side by side into one program: plain
   convolutions, one dispatch and one input transfer per step for all V, a
   compile about V times as long. On the 2-core CPU (benchmarks/README.md)
