@@ -196,21 +196,32 @@ def _assert_same_training(one, four):
   """What 1 and 4 devices must share, and how closely.
 
   Step 1 starts from the same parameters on the same global batch, so its
-  loss and gradient may differ only by the order of float32 reductions:
-  equal to float32 precision (measured: loss 1e-7 relative, gradient
-  bit-equal on jax 0.10 and 0.12). Each later step starts from
-  parameters that already carry that rounding, and SGD amplifies it about
-  10x a step (measured over 4 steps: <= 4e-5 relative on jax 0.10, 1.2e-4
-  on jax 0.12, and the same size between two 1-device runs that differ only
-  in the row order of each batch). 2e-3 keeps a 15x margin over that drift
-  while a real difference is larger at every step: per-device BatchNorm
-  statistics give 1.3e-2 at step 1 and 7e-3 to 2.4e-2 at steps 2-4.
+  loss may differ only by the order of float32 reductions (measured: 1e-7
+  relative). Its gradient is compared in relative L2 norm, not element by
+  element: the gradient of a ReLU network is not continuous, and float32
+  noise flips the rare pre-activation within ~1e-7 of zero. On jax 0.10.2
+  the sharded program reduced in the single-device order and the gradients
+  were bit-equal; jax 0.12.1 reorders the cross-device reductions, and on
+  this test's first batch one such flip moves the gradient by 1.1e-3 of its
+  largest element (6.0e-4 in L2). The same happens on one device alone:
+  nudging the parameters by 2e-7 relative moves this gradient by 3e-5 to
+  3.6e-3 in L2 over the four batches (measured at stop 27, on jax 0.10.2
+  and 0.12.1 alike). 1e-2 keeps a 3x margin over that noise and is 87x
+  below a real difference: per-device BatchNorm statistics move the
+  gradient by 0.87.
+  Each later step starts from parameters that already carry that rounding,
+  and SGD amplifies it about 10x a step (measured over 4 steps: <= 4e-5
+  relative on jax 0.10, 4.5e-4 on jax 0.12.1 after the flip, and the same
+  size between two 1-device runs that differ only in the row order of each
+  batch). 2e-3 keeps a margin over that drift while a real difference is
+  larger at every step: per-device BatchNorm statistics give 1.3e-2 at step
+  1 and 7e-3 to 2.4e-2 at steps 2-4.
   """
   (loss1, grad1), (loss4, grad4) = one, four
   assert np.all(np.isfinite(loss1)) and loss1[0] != loss1[-1]
   np.testing.assert_allclose(loss4[0], loss1[0], rtol=1e-5)
-  np.testing.assert_allclose(grad4, grad1, rtol=0,
-                             atol=1e-5 * np.abs(grad1).max())
+  grad_error = np.linalg.norm(grad4 - grad1) / np.linalg.norm(grad1)
+  assert grad_error < 1e-2, f"first-step gradient differs by {grad_error:.2e}"
   np.testing.assert_allclose(loss4[1:], loss1[1:], rtol=2e-3)
 
 
@@ -240,8 +251,10 @@ def test_curve_check_catches_per_device_batchnorm(data_dir):
                       bug=_per_device_batchnorm)
   with pytest.raises(AssertionError):
     _assert_same_training(one, buggy)
-  # Every step, not only the first, is outside the bound.
+  # Every step, not only the first, is outside the bound, and so is the
+  # first step's gradient on its own (the L2 bound is not vacuous).
   assert np.all(np.abs(buggy[0] - one[0]) > 2e-3 * np.abs(one[0]))
+  assert np.linalg.norm(buggy[1] - one[1]) > 0.1 * np.linalg.norm(one[1])
 
 
 def test_nan_loss_stops_with_step_and_checkpoint(data_dir, tmp_path,

@@ -285,6 +285,9 @@ def test_signal_catcher_first_signal_requests_second_exits():
   import signal
   from medhash_jax.train import preemption
   exits = []
+  # What was installed before (SIGINT is SIG_IGN under nohup or `cmd &` in a
+  # script, default_int_handler otherwise) must come back afterwards.
+  before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
   c = preemption.SignalCatcher(exit_fn=exits.append)
   with c:
     assert signal.getsignal(signal.SIGTERM) == c.handle
@@ -294,8 +297,7 @@ def test_signal_catcher_first_signal_requests_second_exits():
     assert c.requested and c.received == signal.SIGINT and exits == []
     c.handle(signal.SIGTERM)
     assert exits == [128 + signal.SIGTERM]
-  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert {s: signal.getsignal(s) for s in before} == before
   e = preemption.TrainingInterrupted("stopped", 7)
   assert isinstance(e, SystemExit) and e.code == 75 and e.step == 7
 
